@@ -1,0 +1,200 @@
+"""What the benchmark's phases share: child processes, the local sink, group offsets.
+
+Every contender runs in a child process of its own, so each is timed from spawn
+(interpreter start and imports included, the same for all) and its peak RSS is
+the kernel's figure for that process alone (`wait4`'s `ru_maxrss`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from consumer.localkafka import free_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """A phase could not produce its figure; the message says why."""
+
+
+class Child:
+    """A child process, its log file, and its resource use."""
+
+    def __init__(self, name: str, command: list[str], log_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.started = time.monotonic()
+        self.code: int | None = None
+        self.max_rss_kb: int | None = None
+        self.cpu_seconds: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def poll(self) -> int | None:
+        if self.code is None:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid:
+                self.code = os.waitstatus_to_exitcode(status)
+                self.process.returncode = self.code
+                self.max_rss_kb = usage.ru_maxrss
+                self.cpu_seconds = usage.ru_utime + usage.ru_stime
+        return self.code
+
+    async def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() > deadline:
+                self.process.kill()
+                await asyncio.sleep(0.2)
+                self.poll()
+                raise BenchError(f"{self.name} did not exit within {timeout:.0f}s\n{self.tail()}")
+            await asyncio.sleep(0.02)
+        return code
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.poll() is None:
+            self.process.send_signal(sig)
+
+    def status_kb(self, field: str) -> int:
+        """A `VmRSS`/`VmHWM`-style line of /proc/<pid>/status, in kB."""
+        text = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+        if match is None:
+            raise BenchError(f"{field} missing from /proc/{self.pid}/status")
+        return int(match.group(1))
+
+    def cpu_now(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        return f"--- last lines of {self.log} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+async def stop_all(children: list[Child], timeout: float = 30.0) -> None:
+    for child in children:
+        child.send(signal.SIGTERM)
+    for child in children:
+        try:
+            await child.wait(timeout)
+        except BenchError as exc:
+            print(f"  warning: {exc}")
+
+
+class Sink:
+    """The local sink process (bench/sink.py) and a client for its bookkeeping."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [PYTHON, str(BENCH / "sink.py"), "--port", str(self.port)]
+        self.child = Child("sink", command, log_dir, dict(os.environ))
+        self.session = aiohttp.ClientSession()
+
+    async def started(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.stats()
+            except aiohttp.ClientError:
+                if self.child.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"the sink did not start\n{self.child.tail()}") from None
+                await asyncio.sleep(0.1)
+            else:
+                return
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.session.get(f"{self.url}/stats") as answer:
+            return await answer.json()  # type: ignore[no-any-return]
+
+    async def ended(self) -> dict[str, float]:
+        async with self.session.get(f"{self.url}/ended") as answer:
+            return await answer.json()  # type: ignore[no-any-return]
+
+    async def reset(self) -> None:
+        async with self.session.post(f"{self.url}/reset") as answer:
+            answer.raise_for_status()
+
+    async def close(self) -> None:
+        await self.session.close()
+        await stop_all([self.child], timeout=10.0)
+
+
+class Offsets:
+    """End offsets of topics and committed offsets of groups, read from the broker."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+
+    async def start(self) -> None:
+        await self.admin.start()
+
+    async def close(self) -> None:
+        await self.admin.close()
+
+    async def end(self, topic: str) -> dict[TopicPartition, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+            return dict(await consumer.end_offsets(partitions))
+        finally:
+            await consumer.stop()
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]:
+        answer = await self.admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in answer.items()}
+
+    async def caught_up(self, group: str, end: dict[TopicPartition, int]) -> bool:
+        committed = await self.committed(group)
+        return all(committed.get(tp, -1) >= offset for tp, offset in end.items())
+
+
+async def http_get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    try:
+        async with session.get(url) as answer:
+            return answer.status, await answer.text()
+    except aiohttp.ClientError:
+        return 0, ""
+
+
+def metric_sum(text: str, name: str) -> float:
+    """The sum over labels of one metric in Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))
+    return ordered[index]

@@ -1,0 +1,481 @@
+"""The conversation engine of one input partition: what to flush, when, and which offsets are safe.
+
+Pure and single-threaded, so every rule is testable without a broker or a server:
+the runtime feeds it events, the clock (`now`, wall-clock seconds, since times are
+persisted) and the API's answers, and acts on the decisions it returns.
+
+Rules it keeps: every flush carries the conversation's whole known history; at most
+one flush per conversation is in flight (the API is an upsert that replaces the
+message list, so an older body arriving late would overwrite a newer one); a
+flush never carries fewer messages than the last acknowledged one (a `Refusal`
+instead); and the state a restart needs is in `checkpoint()` before the offsets
+it covers may be committed.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC
+
+import msgspec
+
+from consumer import events, payload, state
+from consumer.errors import Rejected
+from consumer.fit import fit
+
+
+class Trigger(enum.StrEnum):
+    ENDED = "ended"
+    IDLE = "idle"
+    MAX_OPEN = "max_open"
+    REVOKE = "revoke"
+    SHUTDOWN = "shutdown"
+    MEMORY = "memory"
+
+
+_COMPLETING = frozenset((Trigger.ENDED, Trigger.IDLE, Trigger.MEMORY))
+"""Triggers after which the conversation is complete (until a continuation)."""
+
+_RANK = {trigger: rank for rank, trigger in enumerate(
+    (Trigger.MAX_OPEN, Trigger.REVOKE, Trigger.SHUTDOWN, Trigger.MEMORY, Trigger.IDLE,
+     Trigger.ENDED)
+)}
+"""Which trigger names a flush that several became due for while one was in flight."""
+
+MARKER_LIFETIME = 30
+"""Markers outlive the full state this many retention periods, then are deleted."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    idle_timeout: float = 300.0
+    max_open: float = 3600.0
+    state_retention: float = 86400.0
+    max_body_bytes: int = payload.MAX_BODY_BYTES
+
+
+class Flush(msgspec.Struct, frozen=True):
+    """Send `body` to POST /conversations, then call `acknowledged` or `dead_lettered`."""
+
+    conversation_id: str
+    seq: int
+    trigger: Trigger
+    body: bytes
+    conversation: payload.Conversation
+    message_count: int
+    truncated: bool
+    original: bytes | None
+    created: float
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """A body that must not be sent: it would carry less than the API already has.
+
+    Either fewer messages than the last acknowledged flush, or a continuation whose
+    earlier history expired from state, or one that cannot be cut to the body limit.
+    The body goes to the dead-letter topic; nothing is in flight for it.
+    """
+
+    conversation_id: str
+    seq: int
+    body: bytes
+    message_count: int
+    acknowledged_count: int
+
+
+Decision = Flush | Refusal
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """State-topic records to write, then the offsets they make safe to commit.
+
+    Commit `min(covers, hold)` (or `covers` when `hold` is None) after the records
+    are written.
+    """
+
+    records: list[tuple[bytes, bytes | None]]
+    covers: int | None
+    hold: int | None
+
+
+class _Done(msgspec.Struct, gc=False):
+    """A completed conversation kept compact: its compressed state record and what expiry needs."""
+
+    blob: bytes
+    completed_at: float
+    last_offset: int
+    acked_count: int
+    seq: int
+
+
+class PartitionEngine:
+    """The conversations of one input partition."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._open: dict[str, state.ConversationState] = {}
+        self._active: OrderedDict[str, None] = OrderedDict()
+        """Open and not closing, least recently active first: the idle and memory order."""
+        self._deadlines: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
+        """The live max-open heap entry of each conversation; other entries are stale."""
+        self._done: OrderedDict[str, _Done] = OrderedDict()
+        self._markers: OrderedDict[str, state.Marker] = OrderedDict()
+        self._held: dict[str, None] = {}
+        """Conversations with a flush in flight or pending."""
+        self._changed: dict[str, None] = {}
+        self._covers: int | None = None
+        self.duplicates = 0
+        """Events ignored as already applied, for the runtime's counter."""
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    @property
+    def in_flight_count(self) -> int:
+        return sum(1 for cid in self._held if self._open[cid].in_flight)
+
+    @property
+    def conversation_count(self) -> int:
+        return len(self._open) + len(self._done)
+
+    def restore(self, key: bytes, value: bytes | None, now: float) -> None:  # noqa: ARG002
+        """Takes one state-topic record, in topic order; a later record replaces an earlier one."""
+        cid = key.decode()
+        self._open.pop(cid, None)
+        self._done.pop(cid, None)
+        self._markers.pop(cid, None)
+        if value is None:
+            return
+        record = state.decode_record(value)
+        if isinstance(record, state.Marker):
+            self._markers[cid] = record
+        elif record.complete:
+            blob = value if value[:1] == b"Z" else state.encode_record(record, compress=True)
+            self._done[cid] = _Done(
+                blob, record.completed_at or 0.0, record.last_offset, record.acked_count,
+                record.seq,
+            )
+        else:
+            self._open[cid] = record
+
+    def restored(self, now: float) -> list[Decision]:
+        """Rebuilds the schedules; re-issues what was due or in flight when state was written."""
+        self._done = OrderedDict(sorted(self._done.items(), key=lambda kv: kv[1].completed_at))
+        self._markers = OrderedDict(sorted(self._markers.items(), key=lambda kv: kv[1].marked_at))
+        by_activity = sorted(self._open.values(), key=lambda conv: conv.last_event_at)
+        self._active = OrderedDict((conv.id, None) for conv in by_activity if not conv.closing)
+        self._deadlines, self._scheduled = [], {}
+        for cid in self._active:
+            self._schedule(self._open[cid])
+        decisions: list[Decision] = []
+        for conv in by_activity:
+            if conv.in_flight or conv.pending is not None:
+                trigger = Trigger(conv.pending or conv.in_flight_trigger or Trigger.SHUTDOWN)
+                conv.in_flight = 0
+                conv.dirty = True
+                decisions += self._issue(conv, trigger, now)
+        return decisions
+
+    def is_duplicate(self, event: events.Event, offset: int) -> bool:
+        """Whether `apply` would ignore the event (same event id, or an offset already applied)."""
+        cid = event.conversation_id
+        key = state.event_key(event.event_id)
+        conv = self._open.get(cid)
+        if conv is not None:
+            return offset <= conv.last_offset or key in conv.seen
+        done = self._done.get(cid)
+        if done is not None:
+            return offset <= done.last_offset or key in self._decode(done).seen
+        marker = self._markers.get(cid)
+        return marker is not None and offset <= marker.last_offset
+
+    def apply(self, event: events.Event, offset: int, now: float) -> list[Decision]:
+        """Applies one event at input `offset`; a `conversation.ended` flushes at once."""
+        self.skip(offset)
+        cid = event.conversation_id
+        key = state.event_key(event.event_id)
+        found = self._open.get(cid)
+        conv: state.ConversationState | None
+        if found is None:
+            conv = self._reopen(cid, key, offset, now)
+        else:
+            conv = None if offset <= found.last_offset or key in found.seen else found
+        if conv is None:
+            self.duplicates += 1
+            return []
+        self._touch(conv, event, key, offset, now)
+        if isinstance(event, events.ConversationEnded):
+            return self._request(conv, Trigger.ENDED, now)
+        state.apply_completion(conv, event, event.occurred_at.astimezone(UTC))
+        conv.closing = False
+        self._active[cid] = None
+        self._active.move_to_end(cid)
+        if cid not in self._scheduled:
+            self._schedule(conv)
+        return []
+
+    def skip(self, offset: int) -> None:
+        """Counts an input offset as handled without an event (an invalid record, say)."""
+        if self._covers is None or offset >= self._covers:
+            self._covers = offset + 1
+
+    def due(self, now: float) -> list[Decision]:
+        """Idle and max-open flushes that are due; expires completed state past retention."""
+        decisions = self._idle(now) + self._overdue(now)
+        self._expire(now)
+        return decisions
+
+    def flush_open(self, trigger: Trigger, now: float) -> list[Decision]:
+        """An interim flush of every open conversation with changes not yet flushed."""
+        decisions: list[Decision] = []
+        for conv in list(self._open.values()):
+            if conv.dirty:
+                decisions += self._request(conv, trigger, now)
+        return decisions
+
+    def shed(self, count: int, now: float) -> list[Decision]:
+        """Completes the `count` least recently active open conversations early."""
+        decisions: list[Decision] = []
+        for _ in range(min(count, len(self._active))):
+            cid = next(iter(self._active))
+            decisions += self._request(self._open[cid], Trigger.MEMORY, now)
+        return decisions
+
+    def acknowledged(self, conversation_id: str, seq: int, now: float) -> list[Decision]:
+        """The API took flush `seq`; issues the flush that became due meanwhile, if any."""
+        return self._settle(conversation_id, seq, now, acked=True)
+
+    def dead_lettered(self, conversation_id: str, seq: int, now: float) -> list[Decision]:
+        """The API refused flush `seq` for good and its body is on the dead-letter topic."""
+        return self._settle(conversation_id, seq, now, acked=False)
+
+    def checkpoint(self) -> Checkpoint:
+        records: list[tuple[bytes, bytes | None]] = []
+        for cid in self._changed:
+            conv = self._open.get(cid)
+            done = self._done.get(cid)
+            marker = self._markers.get(cid)
+            value: bytes | None = None
+            if conv is not None:
+                value = state.encode_record(conv)
+            elif done is not None:
+                value = done.blob
+            elif marker is not None:
+                value = state.encode_record(marker)
+            records.append((cid.encode(), value))
+        self._changed.clear()
+        held = (self._open[cid].unacked_from for cid in self._held)
+        hold = min((offset for offset in held if offset is not None), default=None)
+        return Checkpoint(records=records, covers=self._covers, hold=hold)
+
+    def _reopen(
+        self, cid: str, key: int, offset: int, now: float
+    ) -> state.ConversationState | None:
+        """The state an event for a conversation not open extends, or None for a duplicate."""
+        done = self._done.get(cid)
+        marker = self._markers.get(cid)
+        if done is not None:
+            if offset <= done.last_offset:
+                return None
+            conv = self._decode(done)
+            if key in conv.seen:
+                return None
+            del self._done[cid]
+            conv.complete = False
+            conv.completed_at = None
+            conv.opened_at = now
+        elif marker is not None:
+            if offset <= marker.last_offset:
+                return None
+            del self._markers[cid]
+            conv = state.ConversationState(
+                id=cid, opened_at=now, last_event_at=now, seq=marker.seq,
+                acked_count=marker.acked_count, partial=marker.acked_count > 0,
+            )
+        else:
+            conv = state.ConversationState(id=cid, opened_at=now, last_event_at=now)
+        self._open[cid] = conv
+        return conv
+
+    def _touch(
+        self, conv: state.ConversationState, event: events.Event, key: int, offset: int,
+        now: float,
+    ) -> None:
+        """What every applied event changes, whatever its type."""
+        conv.seen.add(key)
+        conv.last_offset = offset
+        conv.last_event_at = now
+        occurred = event.occurred_at.astimezone(UTC)
+        if conv.created_at is None or occurred < conv.created_at:
+            conv.created_at = occurred
+        if conv.updated_at is None or occurred > conv.updated_at:
+            conv.updated_at = occurred
+        if event.conversation is not None:
+            state.merge_meta(conv.meta, event.conversation)
+        conv.dirty = True
+        if conv.unacked_from is None:
+            conv.unacked_from = offset
+        if conv.in_flight and conv.since_issue_from is None:
+            conv.since_issue_from = offset
+        self._changed[conv.id] = None
+
+    def _request(
+        self, conv: state.ConversationState, trigger: Trigger, now: float
+    ) -> list[Decision]:
+        """Flushes now, or after the flush in flight; completes once nothing is left to send."""
+        self._changed[conv.id] = None
+        if trigger in _COMPLETING:
+            conv.closing = True
+            self._active.pop(conv.id, None)
+        if conv.in_flight:
+            stronger = conv.pending is None or _RANK[trigger] > _RANK[Trigger(conv.pending)]
+            if conv.dirty and stronger:
+                conv.pending = trigger
+            return []
+        if not conv.dirty:
+            if conv.closing:
+                self._complete(conv, now)
+            return []
+        return self._issue(conv, trigger, now)
+
+    def _issue(
+        self, conv: state.ConversationState, trigger: Trigger, now: float
+    ) -> list[Decision]:
+        cid = conv.id
+        conv.dirty = False
+        conv.pending = None
+        conv.since_issue_from = None
+        self._changed[cid] = None
+        self._held.pop(cid, None)
+        whole = state.to_payload(conv)
+        count = len(whole.messages)
+        if count == 0:
+            conv.unacked_from = None
+            if conv.closing:
+                self._complete(conv, now)
+            return []
+        conv.seq += 1
+        if not conv.partial and count >= conv.acked_count:
+            try:
+                cut, body, truncated = fit(whole, self._config.max_body_bytes)
+            except Rejected:
+                pass
+            else:
+                conv.in_flight = conv.seq
+                conv.in_flight_trigger = trigger
+                conv.in_flight_count = count
+                conv.last_flush_at = now
+                self._held[cid] = None
+                return [Flush(
+                    conversation_id=cid, seq=conv.seq, trigger=trigger, body=body,
+                    conversation=cut, message_count=count, truncated=truncated,
+                    original=payload.encode(whole) if truncated else None, created=now,
+                )]
+        refusal = Refusal(
+            conversation_id=cid, seq=conv.seq, body=payload.encode(whole), message_count=count,
+            acknowledged_count=conv.acked_count,
+        )
+        conv.unacked_from = None
+        if conv.closing:
+            self._complete(conv, now)
+        return [refusal]
+
+    def _settle(self, cid: str, seq: int, now: float, *, acked: bool) -> list[Decision]:
+        conv = self._open.get(cid)
+        if conv is None or not conv.in_flight or conv.in_flight != seq:
+            return []
+        if acked:
+            conv.acked_count = max(conv.acked_count, conv.in_flight_count)
+        conv.in_flight = 0
+        conv.in_flight_trigger = None
+        conv.in_flight_count = 0
+        conv.unacked_from = conv.since_issue_from
+        conv.since_issue_from = None
+        self._changed[cid] = None
+        if conv.pending is not None:
+            return self._issue(conv, Trigger(conv.pending), now)
+        self._held.pop(cid, None)
+        if conv.closing and not conv.dirty:
+            self._complete(conv, now)
+        return []
+
+    def _complete(self, conv: state.ConversationState, now: float) -> None:
+        cid = conv.id
+        conv.complete = True
+        conv.closing = False
+        conv.completed_at = now
+        self._done[cid] = _Done(
+            state.encode_record(conv, compress=True), now, conv.last_offset, conv.acked_count,
+            conv.seq,
+        )
+        del self._open[cid]
+        self._active.pop(cid, None)
+        self._held.pop(cid, None)
+        self._changed[cid] = None
+
+    def _idle(self, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        idle = self._config.idle_timeout
+        while self._active:
+            conv = self._open[next(iter(self._active))]
+            if conv.last_event_at + idle > now:
+                break
+            decisions += self._request(conv, Trigger.IDLE, now)
+        return decisions
+
+    def _overdue(self, now: float) -> list[Decision]:
+        """Interim flushes of conversations open, with changes, longer than `max_open`."""
+        decisions: list[Decision] = []
+        max_open = self._config.max_open
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, cid = heapq.heappop(self._deadlines)
+            if self._scheduled.get(cid) != deadline:
+                continue
+            del self._scheduled[cid]
+            conv = self._open.get(cid)
+            if conv is None or conv.closing:
+                continue
+            if max(conv.opened_at, conv.last_flush_at or 0.0) + max_open > now:
+                self._schedule(conv)
+            elif conv.dirty:
+                decisions += self._request(conv, Trigger.MAX_OPEN, now)
+                self._schedule(conv, now + max_open)
+        return decisions
+
+    def _schedule(self, conv: state.ConversationState, deadline: float | None = None) -> None:
+        if deadline is None:
+            deadline = max(conv.opened_at, conv.last_flush_at or 0.0) + self._config.max_open
+        self._scheduled[conv.id] = deadline
+        heapq.heappush(self._deadlines, (deadline, conv.id))
+
+    def _expire(self, now: float) -> None:
+        """Past retention a completed conversation becomes a marker; markers later go too."""
+        retention = self._config.state_retention
+        while self._done:
+            cid, done = next(iter(self._done.items()))
+            if done.completed_at + retention > now:
+                break
+            del self._done[cid]
+            self._markers[cid] = state.Marker(
+                id=cid, acked_count=done.acked_count, seq=done.seq, last_offset=done.last_offset,
+                marked_at=now,
+            )
+            self._changed[cid] = None
+        lifetime = retention * MARKER_LIFETIME
+        while self._markers:
+            cid, marker = next(iter(self._markers.items()))
+            if marker.marked_at + lifetime > now:
+                break
+            del self._markers[cid]
+            self._changed[cid] = None
+
+    @staticmethod
+    def _decode(done: _Done) -> state.ConversationState:
+        record = state.decode_record(done.blob)
+        assert isinstance(record, state.ConversationState)
+        return record

@@ -1,0 +1,140 @@
+"""The input contract, version 1: what producers write to Kafka.
+
+The structs decode straight from a record's bytes. Unknown fields are ignored
+(forward compatibility); anything else that breaks the contract raises
+`InvalidEvent`, and the record goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from consumer.errors import InvalidEvent
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ImageURL(msgspec.Struct, frozen=True):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(msgspec.Struct, frozen=True):
+    """One part of a message's content; kinds the API cannot take are kept as data."""
+
+    type: str
+    text: str | None = None
+    image_url: ImageURL | None = None
+    refusal: str | None = None
+    input_audio: dict[str, Any] | None = None
+    file: dict[str, Any] | None = None
+
+
+class FunctionCall(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    id: str
+    type: str = "function"
+    function: FunctionCall | None = None
+    custom: dict[str, Any] | None = None
+
+
+class Message(msgspec.Struct, frozen=True):
+    """An OpenAI Chat Completions message, as producers send it."""
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    function_call: FunctionCall | None = None
+    refusal: str | None = None
+
+
+class Request(msgspec.Struct, frozen=True):
+    messages: list[Message]
+    model: str | None = None
+
+
+class Choice(msgspec.Struct, frozen=True):
+    index: int = 0
+    message: Message | None = None
+    finish_reason: str | None = None
+
+
+class Response(msgspec.Struct, frozen=True):
+    id: str | None = None
+    object: str | None = None
+    created: int | None = None
+    model: str | None = None
+    choices: list[Choice] = []
+    usage: dict[str, Any] | None = None
+
+
+class ConversationMeta(msgspec.Struct, frozen=True):
+    """Metadata for the logged conversation; later events refine earlier ones."""
+
+    external_id: str | None = None
+    external_url: str | None = None
+    project_id: str | None = None
+    integration_id: str | None = None
+    support_ticket_conversation_id: str | None = None
+    properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    visibility: Literal["private", "public"] | None = None
+
+
+class ChatCompletion(msgspec.Struct, frozen=True, tag_field="event_type", tag="chat.completion"):
+    """One finished (or failed) chat completion call."""
+
+    event_id: Id
+    conversation_id: Id
+    occurred_at: Timestamp
+    request: Request
+    history: Literal["full", "delta"] = "full"
+    response: Response | None = None
+    latency_ms: NonNegative | None = None
+    conversation: ConversationMeta | None = None
+
+
+class ConversationEnded(
+    msgspec.Struct, frozen=True, tag_field="event_type", tag="conversation.ended"
+):
+    """The application says the conversation is complete: flush it now."""
+
+    event_id: Id
+    conversation_id: Id
+    occurred_at: Timestamp
+    conversation: ConversationMeta | None = None
+
+
+Event = ChatCompletion | ConversationEnded
+
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+
+
+def decode_event(data: bytes | bytearray | memoryview) -> Event:
+    """Decodes one record value, or raises `InvalidEvent` naming what is wrong."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        reason = str(exc)
+        kind = "unknown_event_type" if "`$.event_type`" in reason else "schema"
+        raise InvalidEvent(kind, reason) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent("not_json", str(exc)) from None
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the contract, generated from the structs above."""
+    return msgspec.json.schema(Event)

@@ -1,0 +1,705 @@
+"""A real Apache Kafka on loopback, for development, tests, the demo and the benchmark.
+
+The broker jars come from Maven Central (Maven resolves `kafka_2.13` and its runtime
+dependencies) into a cache outside the repository, so the only prerequisites are Java 17+
+and Maven. Each node runs KRaft in combined mode (broker and controller in one JVM), on
+free 127.0.0.1 ports, with a data directory of its own and its logs in a file there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import base64
+import contextlib
+import fcntl
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from consumer.errors import ConsumerError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+    from types import TracebackType
+
+DEFAULT_VERSION = "4.4.0"
+# Kafka's own distribution ships log4j2 beside the jars; Maven's runtime scope does not.
+LOG4J_VERSION = "2.24.3"
+DEPENDENCY_PLUGIN_VERSION = "3.8.1"
+LOOPBACK = "127.0.0.1"
+COMPLETE_MARKER = ".complete"
+
+_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.inkeep-consumer</groupId>
+  <artifactId>kafka-server-libs</artifactId>
+  <version>{version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{version}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+  <build><plugins><plugin>
+    <groupId>org.apache.maven.plugins</groupId><artifactId>maven-dependency-plugin</artifactId>
+    <version>{plugin}</version>
+  </plugin></plugins></build>
+</project>
+"""
+
+_LOG4J2 = """status = warn
+shutdownHook = disable
+appender.file.type = RollingFile
+appender.file.name = FILE
+appender.file.fileName = {logs}/server.log
+appender.file.filePattern = {logs}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 50MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+"""
+
+_JVM_OPTIONS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-XX:-UsePerfData",
+    "-Djava.awt.headless=true",
+)
+
+
+class LocalKafkaError(ConsumerError):
+    """The local broker could not be fetched, started or driven."""
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "inkeep-consumer" / "kafka"
+
+
+def libs_dir(version: str = DEFAULT_VERSION, cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / version / "libs"
+
+
+def fetch(version: str = DEFAULT_VERSION, cache_dir: Path | None = None) -> Path:
+    """Fill the cache with the broker's jars and return their directory.
+
+    A complete cache (its marker file written last) is reused without calling Maven; a lock
+    file keeps two processes from filling the same cache at once.
+    """
+    libs = libs_dir(version, cache_dir)
+    marker = libs / COMPLETE_MARKER
+    if marker.is_file():
+        return libs
+    root = libs.parent
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file():
+            return libs
+        _run_maven(version, root)
+    return libs
+
+
+def _run_maven(version: str, root: Path) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise LocalKafkaError("Maven (mvn) is not on PATH; it fetches the Kafka jars")
+    staging = root / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    pom = root / "pom.xml"
+    pom.write_text(
+        _POM.format(version=version, log4j=LOG4J_VERSION, plugin=DEPENDENCY_PLUGIN_VERSION)
+    )
+    command = [
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    if done.returncode != 0:
+        output = _last_lines(done.stdout + done.stderr, 40)
+        raise LocalKafkaError(f"Maven could not fetch Kafka {version}:\n{output}")
+    jars = sorted(p.name for p in staging.glob("*.jar"))
+    if not any(name.startswith(f"kafka_2.13-{version}") for name in jars):
+        raise LocalKafkaError(f"Maven finished but kafka_2.13-{version}.jar is not in {staging}")
+    libs = root / "libs"
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    (libs / COMPLETE_MARKER).write_text("\n".join(jars) + "\n")
+
+
+def new_cluster_id() -> str:
+    """A random cluster id in Kafka's form: a UUID, base64url without padding."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free now; held together so they differ from each other."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+@dataclass
+class KafkaNode:
+    """One combined broker+controller: its ports and directory outlive its process."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "logs" / "server.log"
+
+    @property
+    def output_path(self) -> Path:
+        return self.directory / "logs" / "jvm.out"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "server.properties"
+
+    @property
+    def formatted(self) -> bool:
+        return (self.directory / "data" / "meta.properties").is_file()
+
+    def log_tail(self, lines: int = 40) -> str:
+        parts = []
+        for path in (self.output_path, self.log_path):
+            if path.is_file():
+                text = path.read_text(errors="replace")
+                parts.append(f"--- {path} ---\n{_last_lines(text, lines)}")
+        return "\n".join(parts) or f"(node {self.node_id} wrote no log)"
+
+
+class KafkaCluster:
+    """One or more KRaft nodes on loopback.
+
+    With three nodes every topic defaults to replication factor 3 and min.insync.replicas 2,
+    so one node can stop while acks=all writes go on.
+    """
+
+    def __init__(  # noqa: PLR0913 - each knob is a keyword with a working default.
+        self,
+        brokers: int = 1,
+        *,
+        version: str = DEFAULT_VERSION,
+        cache_dir: Path | None = None,
+        data_dir: Path | None = None,
+        ports: Sequence[int] | None = None,
+        heap: str = "512m",
+        start_timeout: float = 90.0,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        if brokers < 1:
+            raise LocalKafkaError("a cluster needs at least one broker")
+        if ports is not None and len(ports) != brokers:
+            raise LocalKafkaError(f"{brokers} brokers need {brokers} ports, got {len(ports)}")
+        self.version = version
+        self.cache_dir = cache_dir
+        self.heap = heap
+        self.start_timeout = start_timeout
+        self.overrides = dict(overrides or {})
+        self.cluster_id = new_cluster_id()
+        self._owns_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="localkafka-"))
+        chosen = free_ports(2 * brokers)
+        client_ports = list(ports) if ports is not None else chosen[:brokers]
+        self.nodes = [
+            KafkaNode(i, client_ports[i], chosen[brokers + i], self.data_dir / f"node-{i}")
+            for i in range(brokers)
+        ]
+        self._libs: Path | None = None
+        self._exit_hook_registered = False
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.address for node in self.nodes)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Fetch if needed, format storage once, start every node, wait until all serve."""
+        self._libs = fetch(self.version, self.cache_dir)
+        if not self._exit_hook_registered:
+            atexit.register(self._kill_all)
+            self._exit_hook_registered = True
+        try:
+            pending = [node for node in self.nodes if not node.formatted]
+            for node in self.nodes:
+                self._write_config(node)
+            self._format(pending)
+            for node in self.nodes:
+                if not node.running:
+                    self._spawn(node)
+            self._wait_ready(self.nodes)
+        except BaseException:
+            self._kill_all()
+            raise
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every node cleanly (SIGTERM together, SIGKILL after `timeout`), then tidy up."""
+        for node in self.nodes:
+            if node.running and node.process is not None:
+                node.process.terminate()
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            _reap(node, deadline)
+        if self._exit_hook_registered:
+            atexit.unregister(self._kill_all)
+            self._exit_hook_registered = False
+        if self._owns_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def stop_node(self, index: int, timeout: float = 30.0) -> None:
+        """SIGTERM one node and wait for its controlled shutdown."""
+        node = self.nodes[index]
+        if node.running and node.process is not None:
+            node.process.terminate()
+        _reap(node, time.monotonic() + timeout)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL one node: no controlled shutdown, as in a crash."""
+        node = self.nodes[index]
+        if node.running and node.process is not None:
+            node.process.kill()
+        _reap(node, time.monotonic() + 10.0)
+
+    def start_node(self, index: int) -> None:
+        """Start a stopped node again on its old ports and data, and wait until it serves."""
+        node = self.nodes[index]
+        if self._libs is None:
+            raise LocalKafkaError("start the cluster before restarting one of its nodes")
+        if not node.running:
+            self._spawn(node)
+        self._wait_ready([node])
+
+    def restart(self) -> None:
+        """Stop and start each node in turn; a single broker is down for a few seconds."""
+        for index in range(len(self.nodes)):
+            self.stop_node(index)
+            self.start_node(index)
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        """Blocking form of `create_topic` (runs its own event loop on a helper thread)."""
+        rf = replication_factor or self.default_replication_factor
+        _run_in_thread(
+            create_topic(
+                self.bootstrap_servers,
+                name,
+                partitions,
+                replication_factor=rf,
+                config=config,
+            )
+        )
+
+    @property
+    def default_replication_factor(self) -> int:
+        return min(len(self.nodes), 3)
+
+    def properties(self, node: KafkaNode) -> dict[str, str]:
+        rf = self.default_replication_factor
+        min_isr = 2 if rf >= 3 else 1
+        voters = ",".join(f"{n.node_id}@{LOOPBACK}:{n.controller_port}" for n in self.nodes)
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": str(node.node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{node.port},CONTROLLER://{LOOPBACK}:"
+            f"{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{node.address}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(node.directory / "data"),
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "num.partitions": "1",
+            "default.replication.factor": str(rf),
+            "min.insync.replicas": str(min_isr),
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": str(rf),
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": str(rf),
+            "transaction.state.log.min.isr": str(min_isr),
+            "transaction.state.log.num.partitions": "10",
+            "share.coordinator.state.topic.replication.factor": str(rf),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
+            "group.initial.rebalance.delay.ms": "0",
+            "broker.heartbeat.interval.ms": "1000",
+            "broker.session.timeout.ms": "6000",
+            "replica.lag.time.max.ms": "10000",
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            "num.recovery.threads.per.data.dir": "1",
+        }
+        settings.update(self.overrides)
+        return settings
+
+    def _write_config(self, node: KafkaNode) -> None:
+        (node.directory / "logs").mkdir(parents=True, exist_ok=True)
+        lines = [f"{key}={value}" for key, value in self.properties(node).items()]
+        node.config_path.write_text("\n".join(lines) + "\n")
+        logs = node.directory / "logs"
+        (node.directory / "log4j2.properties").write_text(_LOG4J2.format(logs=logs))
+
+    def _java(self, node: KafkaNode, main_class: str, *args: str) -> list[str]:
+        assert self._libs is not None
+        java = shutil.which("java")
+        if java is None:
+            raise LocalKafkaError("java is not on PATH; Kafka needs Java 17 or newer")
+        return [
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            *_JVM_OPTIONS,
+            f"-Dlog4j2.configurationFile={node.directory / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={node.directory / 'logs'}",
+            "-cp",
+            f"{self._libs}/*",
+            main_class,
+            *args,
+        ]
+
+    def _format(self, nodes: Sequence[KafkaNode]) -> None:
+        running = []
+        for node in nodes:
+            command = self._java(
+                node,
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                "--cluster-id",
+                self.cluster_id,
+                "--config",
+                str(node.config_path),
+            )
+            out = (node.directory / "logs" / "format.out").open("wb")
+            running.append((node, out, subprocess.Popen(command, stdout=out, stderr=out)))  # noqa: S603
+        for node, out, process in running:
+            code = process.wait()
+            out.close()
+            if code != 0:
+                text = (node.directory / "logs" / "format.out").read_text(errors="replace")
+                raise LocalKafkaError(
+                    f"formatting storage for node {node.node_id} failed ({code}):\n"
+                    f"{_last_lines(text, 30)}"
+                )
+
+    def _spawn(self, node: KafkaNode) -> None:
+        command = self._java(node, "kafka.Kafka", str(node.config_path))
+        with node.output_path.open("ab") as out:
+            node.process = subprocess.Popen(  # noqa: S603
+                [*_parent_death_prefix(), *command],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _wait_ready(self, targets: Sequence[KafkaNode]) -> None:
+        """Wait until each target, and each other running node, lists every running node."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            for node in targets:
+                if not node.running:
+                    code = node.process.poll() if node.process is not None else None
+                    raise LocalKafkaError(
+                        f"Kafka node {node.node_id} exited ({code}) while starting:\n"
+                        f"{node.log_tail()}"
+                    )
+            live = [node for node in self.nodes if node.running]
+            expected = {node.node_id for node in live}
+            if all(_broker_ids(node.port) == expected for node in live):
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(node.log_tail() for node in targets)
+                raise LocalKafkaError(
+                    f"Kafka did not become ready within {self.start_timeout:.0f}s:\n{tails}"
+                )
+            time.sleep(0.2)
+
+    def _kill_all(self) -> None:
+        for node in self.nodes:
+            if node.running and node.process is not None:
+                node.process.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.process.wait(10)
+        if self._owns_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _reap(node: KafkaNode, deadline: float) -> None:
+    process = node.process
+    if process is None:
+        return
+    try:
+        process.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _parent_death_prefix() -> list[str]:
+    """Have the broker receive SIGTERM if this process dies without stopping it.
+
+    The kernel sends the signal when the forking thread ends, so only the main thread asks.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return []
+    return [setpriv, "--pdeathsig", "TERM"]
+
+
+def _broker_ids(port: int, timeout: float = 2.0) -> set[int] | None:
+    """The unfenced brokers that the node on `port` reports, via a Metadata v4 request."""
+    header = struct.pack(">hhih", 3, 4, 1, 10) + b"localkafka"
+    body = struct.pack(">ib", 0, 0)
+    request = header + body
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+            data = _recv_exact(sock, size)
+        offset = 8  # correlation id, throttle time
+        (count,) = struct.unpack_from(">i", data, offset)
+        offset += 4
+        ids = set()
+        for _ in range(count):
+            node_id, host_len = struct.unpack_from(">ih", data, offset)
+            offset += 6 + host_len + 4
+            (rack_len,) = struct.unpack_from(">h", data, offset)
+            offset += 2 + max(rack_len, 0)
+            ids.add(node_id)
+    except (OSError, struct.error):
+        return None
+    return ids
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise ConnectionError("connection closed mid-response")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def _last_lines(text: str, count: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-count:])
+
+
+def _run_in_thread(coroutine: Any) -> None:
+    """Run a coroutine to completion on a fresh loop, even when called from inside a loop."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below.
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="localkafka-admin")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+async def create_topic(  # noqa: PLR0913 - the knobs of a Kafka topic.
+    bootstrap_servers: str,
+    name: str,
+    partitions: int = 1,
+    *,
+    replication_factor: int = 1,
+    config: Mapping[str, str] | None = None,
+    exist_ok: bool = False,
+    within: float = 30.0,
+) -> None:
+    """Create a topic and wait (up to `within` seconds) until every partition has a leader."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
+    from aiokafka.errors import for_code  # noqa: PLC0415
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        topic = NewTopic(name, partitions, replication_factor, topic_configs=dict(config or {}))
+        response = await admin.create_topics([topic], timeout_ms=int(within * 1000))
+        for topic_name, code, *rest in response.topic_errors:
+            if code == 0 or (exist_ok and code == 36):  # 36: TOPIC_ALREADY_EXISTS
+                continue
+            message = rest[0] if rest else None
+            error = for_code(code).__name__
+            raise LocalKafkaError(f"creating topic {topic_name!r} failed: {error} {message}")
+        deadline = time.monotonic() + within
+        while not await _has_leaders(admin, name, partitions):
+            if time.monotonic() > deadline:
+                raise LocalKafkaError(f"topic {name!r} has no leader for every partition yet")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def _has_leaders(admin: Any, name: str, partitions: int) -> bool:
+    described: list[dict[str, Any]] = await admin.describe_topics([name])
+    for topic in described:
+        if topic["topic"] != name or topic["error_code"] != 0:
+            return False
+        leaders = [p for p in topic["partitions"] if p["error_code"] == 0 and p["leader"] >= 0]
+        return len(leaders) == partitions
+    return False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inkeep-consumer kafka",
+        description="Fetch and run a local Apache Kafka (KRaft) for development.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("fetch", "fetch the broker's jars into the cache and print where"),
+        ("start", "run one broker in the foreground until Ctrl-C"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--version", default=DEFAULT_VERSION, help="Kafka version")
+        command.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help=f"jar cache root (default {default_cache_dir()})",
+        )
+        if name == "start":
+            command.add_argument("--port", type=int, default=9092, help="client port")
+            command.add_argument(
+                "--data-dir", type=Path, default=None, help="keep data here (default: temporary)"
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fetch":
+            return _fetch_command(args.version, args.cache_dir)
+        return _start_command(args.version, args.cache_dir, args.port, args.data_dir)
+    except LocalKafkaError as exc:
+        _say(f"error: {exc}")
+        return 1
+
+
+def _fetch_command(version: str, cache_dir: Path | None) -> int:
+    if not (libs_dir(version, cache_dir) / COMPLETE_MARKER).is_file():
+        _say(f"fetching Kafka {version} from Maven Central")
+    print(fetch(version, cache_dir))  # noqa: T201 - the command's answer.
+    return 0
+
+
+def _start_command(version: str, cache_dir: Path | None, port: int, data_dir: Path | None) -> int:
+    if not (libs_dir(version, cache_dir) / COMPLETE_MARKER).is_file():
+        _say(f"fetching Kafka {version} from Maven Central")
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    cluster = KafkaCluster(1, version=version, cache_dir=cache_dir, data_dir=data_dir, ports=[port])
+    stop = threading.Event()
+    with _signals_set(stop):
+        cluster.start()
+        node = cluster.nodes[0]
+        _say(f"Kafka {version} is up; broker log: {node.log_path}; Ctrl-C stops it")
+        print(cluster.bootstrap_servers, flush=True)  # noqa: T201 - the command's answer.
+        while not stop.wait(0.5):
+            if not node.running:
+                _say(f"the broker exited on its own:\n{node.log_tail()}")
+                cluster.stop()
+                return 1
+        _say("stopping")
+        cluster.stop()
+    return 0
+
+
+@contextlib.contextmanager
+def _signals_set(stop: threading.Event) -> Iterator[None]:
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)  # noqa: T201 - the command talks to its user.
+

@@ -1,0 +1,333 @@
+"""Delivers conversation bodies to the analytics API's `POST /conversations`.
+
+The sink never drops a body: `deliver()` ends only when the API has taken it
+(ACKED) or has refused it for good (REJECTED, for the dead-letter topic), or
+when the caller cancels it. Everything in between (rate limits, outages,
+timeouts, a refused key, a body too large) is waited out or repaired here,
+with backoff that spares an API in trouble.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Self
+
+import aiohttp
+import structlog
+
+from consumer import errors, metrics, payload
+from consumer.fit import fit
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+log = structlog.get_logger(__name__)
+
+MAX_RETRY_AFTER = 300.0
+"""The longest wait a `Retry-After` answer can impose; a larger value is read as this."""
+
+AUTH_PROBE_CAP = 30.0
+"""While the key is refused, requests are retried at least this often."""
+
+ANSWER_KEEP_BYTES = 65_536
+"""How much of an answer body is kept for the dead-letter record and logs."""
+
+_BACKOFF_EXPONENT_CAP = 32
+
+_TRANSIENT_4XX = frozenset({404, 405, 408, 409, 425})
+"""4xx answers about the endpoint or the moment, not the body: retried, never rejected."""
+
+
+class Outcome(enum.StrEnum):
+    ACKED = "acked"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a delivery ended. `body` is what was last sent; `shrunk` says a 413
+    made the sink cut it further, so the caller keeps the uncut original."""
+
+    outcome: Outcome
+    status: int
+    answer: bytes
+    attempts: int
+    body: bytes
+    shrunk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int | None
+    answer: bytes
+    retry_after: float | None
+    label: str
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Reads `Retry-After` as delta-seconds or an HTTP-date; None if absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def classify(status: int, answer: bytes, retry_after: float | None) -> errors.SinkError | None:
+    """Maps an HTTP answer to the error it means; None for success."""
+    if 200 <= status < 300:
+        return None
+    if status in (401, 403):
+        return errors.AuthFailed(
+            f"the API key was refused ({status})", status=status, answer=answer
+        )
+    if status == 413:
+        return errors.BodyTooLarge("the body is too large (413)", status=status, answer=answer)
+    if status == 429 or (retry_after is not None and (status >= 500 or status == 408)):
+        return errors.RateLimited(
+            f"the API asked to wait ({status})", wait=retry_after, status=status, answer=answer
+        )
+    if 400 <= status < 500 and status not in _TRANSIENT_4XX:
+        return errors.Rejected(f"the API refused the body ({status})", status=status, answer=answer)
+    return errors.TransientError(
+        f"the API did not take the body ({status})", status=status, answer=answer
+    )
+
+
+def _retry_reason(error: errors.SinkError, label: str) -> str:
+    if isinstance(error, errors.AuthFailed):
+        return "auth"
+    if isinstance(error, errors.BodyTooLarge):
+        return "too_large"
+    if error.status is None:
+        return label
+    if error.status == 429:
+        return "rate_limited"
+    if error.status >= 500:
+        return "server_error"
+    return f"http_{error.status}"
+
+
+class _Pacer:
+    """A global rate limit: requests start at least `1/rate` seconds apart, with no burst."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class Sink:
+    """One pooled HTTP client for the API, shared by every delivery in the process."""
+
+    def __init__(  # noqa: PLR0913 - each knob is a documented setting.
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        max_concurrency: int = 16,
+        rate_limit: float = 0.0,
+        timeout: float = 30.0,
+        max_retry_delay: float = 60.0,
+        base_retry_delay: float = 0.5,
+        max_body_bytes: int = payload.MAX_BODY_BYTES,
+        user_agent: str = "inkeep-conversation-consumer",
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self._url = f"{base_url.rstrip('/')}/conversations"
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": user_agent,
+        }
+        self._max_concurrency = max_concurrency
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._pacer = _Pacer(rate_limit) if rate_limit > 0 else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_retry_delay = max_retry_delay
+        self._base_retry_delay = base_retry_delay
+        self._max_body_bytes = max_body_bytes
+        self._random = random.Random()  # noqa: S311 - jitter, not secrecy.
+        self._session: aiohttp.ClientSession | None = None
+        self._auth_ok = asyncio.Event()
+        self._auth_ok.set()
+        self.last_success: float | None = None
+        """`time.monotonic()` of the last 2xx answer."""
+        self.reachable = True
+        """False while the latest request got no answer, or a 5xx."""
+
+    @property
+    def auth_failed(self) -> bool:
+        return not self._auth_ok.is_set()
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self._max_concurrency,
+            limit_per_host=self._max_concurrency,
+            ttl_dns_cache=300,
+            keepalive_timeout=60.0,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=self._headers, raise_for_status=False
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def deliver(self, conversation: payload.Conversation, body: bytes) -> Delivery:
+        """Sends the encoded `conversation` until the API takes it or refuses it for good."""
+        await self.start()
+        bound = log.bind(conversation_id=conversation.id)
+        shrunk = False
+        if len(body) > self._max_body_bytes:
+            refit = self._refit(conversation, self._max_body_bytes)
+            if refit is None:
+                return Delivery(Outcome.REJECTED, 413, b"", 0, body)
+            conversation, body = refit
+            shrunk = True
+        attempts = 0
+        failures = 0
+        while True:
+            attempts += 1
+            answer = await self._send(body)
+            error = self._judge(answer)
+            if error is None:
+                bound.debug("delivered", attempts=attempts, bytes=len(body))
+                status = answer.status or 0
+                return Delivery(Outcome.ACKED, status, answer.answer, attempts, body, shrunk)
+            if not error.retriable:
+                bound.warning("the API refused the body", status=error.status, attempts=attempts)
+                bound.debug("refusal answer", answer=answer.answer[:2000])
+                status = error.status or 0
+                return Delivery(Outcome.REJECTED, status, answer.answer, attempts, body, shrunk)
+            metrics.api_retries.labels(reason=_retry_reason(error, answer.label)).inc()
+            if isinstance(error, errors.BodyTooLarge):
+                refit = self._refit(conversation, min(self._max_body_bytes, len(body) * 3 // 4))
+                if refit is None:
+                    bound.warning("the body cannot be cut small enough", bytes=len(body))
+                    return Delivery(Outcome.REJECTED, 413, answer.answer, attempts, body, shrunk)
+                conversation, body = refit
+                shrunk = True
+                bound.info("the API found the body too large; cut further", bytes=len(body))
+                continue
+            auth = isinstance(error, errors.AuthFailed)
+            delay = self._backoff(failures, auth=auth)
+            if isinstance(error, errors.RateLimited) and error.wait is not None:
+                delay = max(delay, error.wait)
+            failures += 1
+            bound.debug("retrying", status=error.status, reason=answer.label, delay=delay)
+            await self._pause(delay, auth=auth)
+
+    async def _pause(self, delay: float, *, auth: bool) -> None:
+        """Waits before the next try; while the key is refused, the wait ends early
+        as soon as another request finds it accepted again."""
+        if not auth:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._auth_ok.wait()
+
+    def _refit(
+        self, conversation: payload.Conversation, budget: int
+    ) -> tuple[payload.Conversation, bytes] | None:
+        try:
+            smaller, body, _ = fit(conversation, budget)
+        except errors.Rejected:
+            return None
+        return smaller, body
+
+    def _backoff(self, failures: int, *, auth: bool) -> float:
+        """Full jitter: uniform(0, min(cap, base * 2**failures))."""
+        cap = min(self._max_retry_delay, AUTH_PROBE_CAP) if auth else self._max_retry_delay
+        ceiling = min(cap, self._base_retry_delay * 2 ** min(failures, _BACKOFF_EXPONENT_CAP))
+        return self._random.uniform(0.0, ceiling)
+
+    async def _send(self, body: bytes) -> _Answer:
+        session = self._session
+        if session is None:
+            raise RuntimeError("the sink is closed")
+        async with self._slots:
+            if self._pacer is not None:
+                await self._pacer.wait()
+            try:
+                async with session.post(
+                    self._url, data=body, timeout=self._timeout, allow_redirects=False
+                ) as response:
+                    answer = await response.read()
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                    status = response.status
+            except TimeoutError:
+                return _Answer(None, b"", None, "timeout")
+            except aiohttp.ClientError:
+                return _Answer(None, b"", None, "connection_error")
+        return _Answer(status, answer[:ANSWER_KEEP_BYTES], retry_after, str(status))
+
+    def _judge(self, answer: _Answer) -> errors.SinkError | None:
+        """Classifies an answer, counts it, and tracks reachability and auth (logged on change)."""
+        if answer.status is None:
+            error: errors.SinkError | None = errors.TransientError(answer.label)
+        else:
+            error = classify(answer.status, answer.answer, answer.retry_after)
+        metrics.api_requests.labels(status=answer.label).inc()
+        reachable = answer.status is not None and answer.status < 500
+        if reachable != self.reachable:
+            self.reachable = reachable
+            if reachable:
+                log.info("the API answers again", status=answer.status)
+            else:
+                log.warning("the API is not answering", reason=answer.label)
+        if isinstance(error, errors.AuthFailed) and self._auth_ok.is_set():
+            self._auth_ok.clear()
+            metrics.auth_failing.set(1)
+            log.error(str(error), status=error.status, hint="check INKEEP_API_KEY")
+        elif error is None:
+            self.last_success = time.monotonic()
+            if not self._auth_ok.is_set():
+                self._auth_ok.set()
+                metrics.auth_failing.set(0)
+                log.info("the API accepts the key again", status=answer.status)
+        return error

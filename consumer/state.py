@@ -1,0 +1,380 @@
+"""What the worker knows of one conversation, how events extend it, and how it is persisted.
+
+The state is the only source of a flush's body: the API replaces a conversation's
+whole message list on every upsert, so the state must hold the whole known history
+and survive the process. It is written (msgpack) to the co-partitioned state topic
+before the input offsets it covers are committed, and read back on assignment.
+
+Record values carry a one-byte format (`P` plain, `Z` zlib) and a versioned tag
+(`c1`, `m1`); an unknown format or tag raises `StateError` rather than being
+skipped, because skipping state would later send a partial history. Changing the
+fingerprint below changes what the persisted fingerprints mean: that needs a new tag.
+"""
+
+from __future__ import annotations
+
+import zlib
+from datetime import UTC, datetime
+from hashlib import blake2b
+from typing import Any
+
+import msgspec
+
+from consumer import events, payload
+from consumer.errors import StateError
+
+Content = str | list[payload.ContentItem]
+
+
+class Entry(msgspec.Struct, array_like=True, gc=False):
+    """One message as it will be logged; `role` is as sent (tool, function, developer too)."""
+
+    role: str
+    content: Content
+    created_at: datetime
+    name: str | None = None
+    tool_calls: list[payload.ToolCall] | None = None
+    tool_call_id: str | None = None
+    properties: dict[str, Any] | None = None
+
+
+class Meta(msgspec.Struct, array_like=True, gc=False):
+    """The conversation metadata merged over its events."""
+
+    external_id: str | None = None
+    external_url: str | None = None
+    project_id: str | None = None
+    integration_id: str | None = None
+    support_ticket_conversation_id: str | None = None
+    properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    visibility: str | None = None
+
+
+class ConversationState(msgspec.Struct, array_like=True, tag="c1", gc=False):
+    """A conversation with its whole history and its flush and offset bookkeeping.
+
+    Times named `*_at` (floats) are the engine clock; `created_at`/`updated_at` are
+    the events' own `occurred_at`. `fingerprints` runs parallel to `entries`.
+    """
+
+    id: str
+    opened_at: float
+    last_event_at: float
+    entries: list[Entry] = msgspec.field(default_factory=list)
+    fingerprints: list[int] = msgspec.field(default_factory=list)
+    seen: set[int] = msgspec.field(default_factory=set)
+    meta: Meta = msgspec.field(default_factory=Meta)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_flush_at: float | None = None
+    completed_at: float | None = None
+    last_offset: int = -1
+    complete: bool = False
+    closing: bool = False
+    dirty: bool = False
+    seq: int = 0
+    in_flight: int = 0
+    in_flight_trigger: str | None = None
+    in_flight_count: int = 0
+    pending: str | None = None
+    acked_count: int = 0
+    unacked_from: int | None = None
+    since_issue_from: int | None = None
+    partial: bool = False
+
+
+class Marker(msgspec.Struct, array_like=True, tag="m1", gc=False):
+    """What is left of a completed conversation past retention: enough to refuse going back."""
+
+    id: str
+    acked_count: int
+    seq: int
+    last_offset: int
+    marked_at: float
+
+
+Record = ConversationState | Marker
+
+_record_encoder = msgspec.msgpack.Encoder()
+_record_decoder: msgspec.msgpack.Decoder[Record] = msgspec.msgpack.Decoder(Record)
+_fingerprint_encoder = msgspec.msgpack.Encoder(order="sorted")
+_json_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def encode_record(record: Record, *, compress: bool = False) -> bytes:
+    raw = _record_encoder.encode(record)
+    return b"Z" + zlib.compress(raw, 1) if compress else b"P" + raw
+
+
+def decode_record(value: bytes) -> Record:
+    kind, body = value[:1], value[1:]
+    try:
+        if kind == b"Z":
+            body = zlib.decompress(body)
+        elif kind != b"P":
+            raise StateError(f"unknown state record format {kind!r}")
+        return _record_decoder.decode(body)
+    except (zlib.error, msgspec.DecodeError) as exc:
+        raise StateError(f"unreadable state record: {exc}") from None
+
+
+def event_key(event_id: str) -> int:
+    """The seen-set key of an event id: 8 bytes of blake2b are plenty within one conversation."""
+    return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+def message_id(conversation_id: str, ordinal: int) -> str:
+    """A message's id, from its place in the conversation: the same in every flush and replay."""
+    digest = blake2b(f"{conversation_id}\x1f{ordinal}".encode(), digest_size=8).hexdigest()
+    return f"m_{digest}"
+
+
+def fingerprint(message: events.Message) -> int:
+    """Identity of a message for aligning `full` histories.
+
+    Normalised so that a reply matches its re-sent copy in the next request:
+    developer is system, no content is "", text-only parts are their joined text.
+    """
+    role = "system" if message.role == "developer" else message.role
+    content: Any = message.content
+    if content is None:
+        content = ""
+    elif not isinstance(content, str):
+        if all(part.type == "text" for part in content):
+            content = "".join(part.text or "" for part in content)
+        else:
+            content = [
+                (p.type, p.text, p.image_url and (p.image_url.url, p.image_url.detail),
+                 p.refusal, p.input_audio, p.file)
+                for p in content
+            ]
+    calls = [
+        (c.id, c.type, c.function and (c.function.name, c.function.arguments), c.custom)
+        for c in message.tool_calls or ()
+    ]
+    legacy = message.function_call
+    key = (role, content, message.name, calls, message.tool_call_id,
+           legacy and (legacy.name, legacy.arguments))
+    digest = blake2b(_fingerprint_encoder.encode(key), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def apply_completion(
+    state: ConversationState, event: events.ChatCompletion, occurred: datetime
+) -> None:
+    """Adds what the event carries that the state does not have yet.
+
+    `delta` appends. `full` walks the request against the history known before this
+    event: a message found at or after the pointer is known and moves the pointer;
+    one not found is appended. Only messages known before the event are matched, so
+    two identical turns in one request stay two. The reply is known when it sits
+    right at the pointer (a re-sent event); otherwise it is appended.
+    """
+    pointer: int | None = None
+    if event.history == "delta":
+        for message in event.request.messages:
+            _append(state, message, fingerprint(message), occurred)
+    else:
+        known = state.fingerprints
+        end = len(known)
+        pointer = 0
+        for message in event.request.messages:
+            mark = fingerprint(message)
+            try:
+                pointer = known.index(mark, pointer, end) + 1
+            except ValueError:
+                _append(state, message, mark, occurred)
+        if pointer >= end:
+            pointer = None
+    response = event.response
+    reply = response.choices[0] if response is not None and response.choices else None
+    if response is None or reply is None or reply.message is None:
+        return
+    mark = fingerprint(reply.message)
+    if pointer is not None and state.fingerprints[pointer] == mark:
+        return
+    created = (
+        datetime.fromtimestamp(response.created, UTC) if response.created is not None else occurred
+    )
+    _append(state, reply.message, mark, created, _reply_properties(event, response, reply))
+
+
+def _reply_properties(
+    event: events.ChatCompletion, response: events.Response, reply: events.Choice
+) -> dict[str, Any]:
+    found = {
+        "model": response.model or event.request.model,
+        "finish_reason": reply.finish_reason,
+        "usage": response.usage,
+        "completion_id": response.id,
+        "latency_ms": event.latency_ms,
+    }
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def merge_meta(meta: Meta, update: events.ConversationMeta) -> None:
+    """Later values replace earlier ones; properties merge key by key; tags are a union."""
+    for field in ("external_id", "external_url", "project_id", "integration_id",
+                  "support_ticket_conversation_id", "visibility"):
+        value = getattr(update, field)
+        if value is not None:
+            setattr(meta, field, value)
+    if update.properties:
+        meta.properties = {**(meta.properties or {}), **update.properties}
+    if update.user_properties:
+        meta.user_properties = {**(meta.user_properties or {}), **update.user_properties}
+    if update.tags:
+        known = meta.tags or []
+        new = [tag for tag in dict.fromkeys(update.tags) if tag not in known]
+        if new:
+            meta.tags = known + new
+
+
+def to_payload(state: ConversationState) -> payload.Conversation:
+    """The request body for the whole known history.
+
+    Tool and function results have no role in the API: they go into
+    `properties.tool_results` of the assistant message that asked for them, else of
+    the nearest preceding assistant message, else of the nearest preceding message,
+    else of a system message that names them. Each choice depends only on earlier
+    messages, so a message once logged is logged the same way in every later flush.
+    """
+    out: list[payload.OutMessage] = []
+    by_call: dict[str, payload.OutMessage] = {}
+    by_function: dict[str, payload.OutMessage] = {}
+    results: dict[int, list[Any]] = {}
+    last_assistant: payload.OutMessage | None = None
+    for ordinal, entry in enumerate(state.entries):
+        if entry.role in ("tool", "function"):
+            if entry.role == "tool":
+                target = by_call.get(entry.tool_call_id or "")
+                result = {"tool_call_id": entry.tool_call_id, "content": _builtin(entry.content)}
+                label = f"[tool result: {entry.tool_call_id}]"
+            else:
+                target = by_function.get(entry.name or "")
+                result = {"name": entry.name, "content": _builtin(entry.content)}
+                label = f"[function result: {entry.name}]"
+            target = target or last_assistant or (out[-1] if out else None)
+            if target is None:
+                target = payload.OutMessage(
+                    id=message_id(state.id, ordinal), role="system", content=label,
+                    created_at=entry.created_at,
+                )
+                out.append(target)
+            bucket = results.get(id(target))
+            if bucket is None:
+                bucket = results[id(target)] = []
+                target.properties = {**(target.properties or {}), "tool_results": bucket}
+            bucket.append(result)
+            continue
+        role = "system" if entry.role == "developer" else entry.role
+        message = payload.OutMessage(
+            id=message_id(state.id, ordinal), role=role,  # type: ignore[arg-type]
+            content=entry.content, created_at=entry.created_at, name=entry.name,
+            tool_calls=entry.tool_calls, properties=entry.properties,
+        )
+        out.append(message)
+        if role == "assistant":
+            last_assistant = message
+            for call in entry.tool_calls or ():
+                by_call[call.id] = message
+            legacy = (entry.properties or {}).get("function_call")
+            if legacy is not None:
+                by_function[legacy["name"]] = message
+    meta = state.meta
+    return payload.Conversation(
+        id=state.id, type="openai", messages=out,
+        created_at=state.created_at, updated_at=state.updated_at,
+        external_id=meta.external_id, external_url=meta.external_url,
+        project_id=meta.project_id, integration_id=meta.integration_id,
+        support_ticket_conversation_id=meta.support_ticket_conversation_id,
+        properties=meta.properties, user_properties=meta.user_properties, tags=meta.tags,
+        visibility=meta.visibility,  # type: ignore[arg-type]
+    )
+
+
+def _append(
+    state: ConversationState,
+    message: events.Message,
+    mark: int,
+    created: datetime,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    properties = dict(extra) if extra else {}
+    if message.role == "developer":
+        properties["openai_role"] = "developer"
+    content = _content(message.content)
+    if message.refusal is not None:
+        properties["refusal"] = message.refusal
+        if content in ("", []):
+            content = message.refusal
+    if message.function_call is not None:
+        properties["function_call"] = {
+            "name": message.function_call.name, "arguments": message.function_call.arguments,
+        }
+    calls: list[payload.ToolCall] | None = None
+    if message.tool_calls:
+        calls = []
+        for call in message.tool_calls:
+            calls.append(_tool_call(call))
+            if call.function is None or call.type != "function":
+                properties.setdefault("tool_call_types", {})[call.id] = call.type
+    state.entries.append(Entry(
+        role=message.role, content=content, created_at=created, name=message.name,
+        tool_calls=calls, tool_call_id=message.tool_call_id, properties=properties or None,
+    ))
+    state.fingerprints.append(mark)
+
+
+def _content(content: str | list[events.ContentPart] | None) -> Content:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return [_part(part) for part in content]
+
+
+_DETAILS = frozenset(("auto", "low", "high"))
+
+
+def _part(part: events.ContentPart) -> payload.ContentItem:
+    """A content part as the API takes it; a kind it cannot take becomes text naming it."""
+    if part.type == "text":
+        return payload.ContentItem(type="text", text=part.text or "")
+    if part.type == "image_url" and part.image_url is not None:
+        detail = part.image_url.detail if part.image_url.detail in _DETAILS else "auto"
+        image = payload.ImageURL(url=part.image_url.url, detail=detail)  # type: ignore[arg-type]
+        return payload.ContentItem(type="image_url", image_url=image)
+    if part.type == "input_audio":
+        audio_format = (part.input_audio or {}).get("format")
+        text = f"[audio input: {audio_format}]" if audio_format else "[audio input]"
+    elif part.type == "file":
+        file = part.file or {}
+        label = file.get("filename") or file.get("file_id")
+        text = f"[file: {label}]" if label else "[file]"
+    elif part.type == "refusal":
+        text = f"[refusal] {part.refusal or part.text or ''}".rstrip()
+    else:
+        text = f"[{part.type} part]" + (f" {part.text}" if part.text else "")
+    return payload.ContentItem(type="text", text=text)
+
+
+def _tool_call(call: events.ToolCall) -> payload.ToolCall:
+    """A tool call as the API takes it: non-function calls become function-shaped."""
+    if call.function is not None:
+        function = payload.ToolCallFunction(
+            name=call.function.name, arguments=call.function.arguments
+        )
+    else:
+        custom = call.custom or {}
+        name = custom.get("name", call.type)
+        given = custom.get("input", "")
+        arguments = given if isinstance(given, str) else _json_encoder.encode(given).decode()
+        function = payload.ToolCallFunction(name=str(name), arguments=arguments)
+    return payload.ToolCall(id=call.id, function=function)
+
+
+def _builtin(content: Content) -> Any:
+    return content if isinstance(content, str) else msgspec.to_builtins(content)

@@ -1,0 +1,39 @@
+"""Fixtures for the analytics API emulator.
+
+Every body any emulator fixture accepts during a run is appended, as it is
+accepted, to one NDJSON file (`accepted_bodies_path`), emptied when the run
+starts, so the conformance test can check them with the official SDK.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer.emulator import Emulator
+
+__all__ = ["API_KEY", "accepted_bodies_path", "emulator"]
+
+API_KEY = "test-key"
+ACCEPTED_BODIES_NAME = "accepted-bodies.ndjson"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def accepted_bodies_path(pytestconfig: pytest.Config, tmp_path_factory) -> Path:
+    """The run's NDJSON file of accepted bodies, under the pytest cache (else the run's tmp)."""
+    cache = getattr(pytestconfig, "cache", None)
+    folder = cache.mkdir("emulator") if cache is not None else tmp_path_factory.mktemp("emulator")
+    path = Path(folder) / ACCEPTED_BODIES_NAME
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.fixture
+async def emulator(accepted_bodies_path: Path):
+    emu = Emulator(api_keys=(API_KEY,), record=accepted_bodies_path)
+    await emu.start()
+    try:
+        yield emu
+    finally:
+        await emu.stop()
