@@ -160,10 +160,11 @@ class Offsets:
         await self.admin.close()
 
     async def end(self, topic: str) -> dict[TopicPartition, int]:
+        (described,) = await self.admin.describe_topics([topic])
+        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers)
         await consumer.start()
         try:
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
             return dict(await consumer.end_offsets(partitions))
         finally:
             await consumer.stop()

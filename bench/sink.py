@@ -93,9 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    web.run_app(
-        app(Recorder()), host="127.0.0.1", port=args.port, access_log=None, print=None
-    )
+    web.run_app(app(Recorder()), host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":

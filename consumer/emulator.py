@@ -50,6 +50,8 @@ DATETIME_WITH_OFFSET = re.compile(rf"^{_DATE}T{_TIME}(Z|([+-]\d{{2}}:?\d{{2}}))$
 _USER_ID_KEYS = ("id", "userId")
 _USER_TEXT_KEYS = ("identificationType", "supportAgentName", "userType")
 _CHUNK = 65_536
+SHUTDOWN_TIMEOUT = 0.5
+"""Seconds `stop()` lets unanswered requests (say, in injected latency) finish."""
 _CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -86,6 +88,7 @@ class Faults:
     """Share of requests whose connection is closed without an answer."""
     drop_next: int = 0
     status_sequence: list[int] = field(default_factory=list)
+    """Statuses for the next requests (a 2xx entry means: serve that one normally)."""
     delay_sequence: list[float] = field(default_factory=list)
     """Seconds of latency for the next requests, instead of `latency`."""
     auth_failing: bool = False
@@ -110,6 +113,8 @@ class RequestLog:
 
 
 class Refused(Exception):  # noqa: N818 - an answer, not a failure of the emulator.
+    """A request the emulator does not take: the status and reason it answers with."""
+
     def __init__(
         self,
         status: int,
@@ -126,7 +131,10 @@ class Refused(Exception):  # noqa: N818 - an answer, not a failure of the emulat
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
     """An RFC 7807 answer shaped like the API's (title, status, detail, code, legacy error)."""
-    phrase = http.HTTPStatus(status).phrase
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     code = _CODES.get(status) or phrase.lower().replace(" ", "_").replace("-", "_")
     document = {
         "title": phrase,
@@ -272,7 +280,9 @@ class Emulator:
         app.router.add_get("/conversations", self._list)
         app.router.add_get("/conversations/{id}", self._get)
         app.router.add_get("/healthz", self._health)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -390,7 +400,7 @@ class Emulator:
             status = self._random.choice((500, 503))
         elif self._chance(faults.rate_limit_rate):
             status = 429
-        if status is None:
+        if status is None or status < 300:
             return
         headers = {}
         if status == 429 and faults.retry_after is not None:

@@ -70,6 +70,7 @@ class _Answer:
     answer: bytes
     retry_after: float | None
     label: str
+    sent: float
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
@@ -178,6 +179,7 @@ class Sink:
         self._session: aiohttp.ClientSession | None = None
         self._auth_ok = asyncio.Event()
         self._auth_ok.set()
+        self._auth_changed = 0.0
         self.last_success: float | None = None
         """`time.monotonic()` of the last 2xx answer."""
         self.reachable = True
@@ -293,6 +295,7 @@ class Sink:
         async with self._slots:
             if self._pacer is not None:
                 await self._pacer.wait()
+            sent = time.monotonic()
             try:
                 async with session.post(
                     self._url, data=body, timeout=self._timeout, allow_redirects=False
@@ -301,10 +304,10 @@ class Sink:
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                     status = response.status
             except TimeoutError:
-                return _Answer(None, b"", None, "timeout")
+                return _Answer(None, b"", None, "timeout", sent)
             except aiohttp.ClientError:
-                return _Answer(None, b"", None, "connection_error")
-        return _Answer(status, answer[:ANSWER_KEEP_BYTES], retry_after, str(status))
+                return _Answer(None, b"", None, "connection_error", sent)
+        return _Answer(status, answer[:ANSWER_KEEP_BYTES], retry_after, str(status), sent)
 
     def _judge(self, answer: _Answer) -> errors.SinkError | None:
         """Classifies an answer, counts it, and tracks reachability and auth (logged on change)."""
@@ -320,14 +323,20 @@ class Sink:
                 log.info("the API answers again", status=answer.status)
             else:
                 log.warning("the API is not answering", reason=answer.label)
+        if error is None:
+            self.last_success = time.monotonic()
+        # An answer to a request sent before the last change of state is stale: it says
+        # nothing about the key now, so it does not flip the state back.
+        if answer.sent < self._auth_changed:
+            return error
         if isinstance(error, errors.AuthFailed) and self._auth_ok.is_set():
             self._auth_ok.clear()
+            self._auth_changed = time.monotonic()
             metrics.auth_failing.set(1)
             log.error(str(error), status=error.status, hint="check INKEEP_API_KEY")
-        elif error is None:
-            self.last_success = time.monotonic()
-            if not self._auth_ok.is_set():
-                self._auth_ok.set()
-                metrics.auth_failing.set(0)
-                log.info("the API accepts the key again", status=answer.status)
+        elif error is None and not self._auth_ok.is_set():
+            self._auth_ok.set()
+            self._auth_changed = time.monotonic()
+            metrics.auth_failing.set(0)
+            log.info("the API accepts the key again", status=answer.status)
         return error

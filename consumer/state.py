@@ -164,30 +164,41 @@ def fingerprint(message: events.Message) -> int:
 def apply_completion(
     state: ConversationState, event: events.ChatCompletion, occurred: datetime
 ) -> None:
-    """Adds what the event carries that the state does not have yet.
+    """Adds what the event carries that the state does not have yet, then the reply.
 
-    `delta` appends. `full` walks the request against the history known before this
-    event: a message found at or after the pointer is known and moves the pointer;
-    one not found is appended. Only messages known before the event are matched, so
-    two identical turns in one request stay two. The reply is known when it sits
-    right at the pointer (a re-sent event); otherwise it is appended.
+    `delta` appends. `full` first looks for the usual shape, a history whose older
+    part is the end of what is known (after system messages kept at the front), and
+    appends what follows it. Otherwise it walks the request against the history
+    known before this event: a message found at or after the pointer is known and
+    moves the pointer; one not found is appended (an edited turn: both branches).
+    Only messages known before the event are matched, so two identical turns in one
+    request stay two. The reply is known when it sits right at the pointer (a
+    re-sent event); otherwise it is appended.
     """
+    messages = event.request.messages
     pointer: int | None = None
     if event.history == "delta":
-        for message in event.request.messages:
+        for message in messages:
             _append(state, message, fingerprint(message), occurred)
     else:
         known = state.fingerprints
         end = len(known)
-        pointer = 0
-        for message in event.request.messages:
-            mark = fingerprint(message)
-            try:
-                pointer = known.index(mark, pointer, end) + 1
-            except ValueError:
-                _append(state, message, mark, occurred)
-        if pointer >= end:
-            pointer = None
+        marks = [fingerprint(message) for message in messages]
+        tail = _aligned_tail(marks, messages, known)
+        if tail is not None:
+            start, stop = tail
+            fresh = [i for i in range(start) if marks[i] not in known]
+            for i in [*fresh, *range(stop, len(messages))]:
+                _append(state, messages[i], marks[i], occurred)
+        else:
+            pointer = 0
+            for message, mark in zip(messages, marks, strict=True):
+                try:
+                    pointer = known.index(mark, pointer, end) + 1
+                except ValueError:
+                    _append(state, message, mark, occurred)
+            if pointer >= end:
+                pointer = None
     response = event.response
     reply = response.choices[0] if response is not None and response.choices else None
     if response is None or reply is None or reply.message is None:
@@ -212,6 +223,32 @@ def _reply_properties(
         "latency_ms": event.latency_ms,
     }
     return {key: value for key, value in found.items() if value is not None}
+
+
+def _aligned_tail(
+    marks: list[int], messages: list[events.Message], known: list[int]
+) -> tuple[int, int] | None:
+    """`(start, stop)` when `marks[start:stop]` is the end of `known`, or None.
+
+    `stop` is the largest such, and `start` the smallest, skipping at most the
+    system messages at the front. Anchoring on the end of the known history, not on
+    the first equal message, keeps a repeated turn ("hi" again) from being taken
+    for an old one when the history is trimmed.
+    """
+    end = len(known)
+    if not end:
+        return None
+    front = 0
+    while front < len(messages) and messages[front].role in ("system", "developer"):
+        front += 1
+    for stop in range(len(marks), 0, -1):
+        if marks[stop - 1] != known[-1]:
+            continue
+        for start in range(min(front, stop - 1) + 1):
+            length = stop - start
+            if length <= end and marks[start:stop] == known[end - length:]:
+                return start, stop
+    return None
 
 
 def merge_meta(meta: Meta, update: events.ConversationMeta) -> None:

@@ -73,14 +73,23 @@ class Shape:
 
 _PRODUCTS = ("Acme Cloud", "the Acme CLI", "Acme Pipelines", "the Acme dashboard", "Acme Vault")
 _OBJECTS = (
-    "an API key", "a webhook", "a service account", "the billing plan", "a custom domain",
-    "a deployment", "an environment variable", "the audit log", "a team invite", "SSO",
-    "a rate limit", "a backup", "the staging workspace", "a build cache", "an access token",
+    "an API key",
+    "a webhook",
+    "a service account",
+    "the billing plan",
+    "a custom domain",
+    "a deployment",
+    "an environment variable",
+    "the audit log",
+    "a team invite",
+    "SSO",
+    "a rate limit",
+    "a backup",
+    "the staging workspace",
+    "a build cache",
+    "an access token",
 )
-_ACTIONS = (
-    "rotate", "delete", "configure", "export", "restore", "share", "debug", "migrate",
-    "enable", "disable", "renew", "audit",
-)
+_ACTIONS = ("rotate", "delete", "configure", "export", "restore", "share", "debug", "migrate")
 _PLACES = ("Settings", "the project page", "the CLI", "the REST API", "Terraform", "the SDK")
 _ERRORS = ("403 Forbidden", "a timeout", "quota exceeded", "invalid signature", "409 Conflict")
 _CAUSES = (
@@ -112,10 +121,14 @@ _ANSWER = (
     "If {e} persists, collect the request id from the response headers and contact support.",
 )
 _SYSTEM = (
-    "You are the documentation assistant for {P}. Answer only from the docs; when unsure, "
-    "say so and link the closest page. Keep answers short and give exact menu paths.",
-    "You help customers of {P} with setup and troubleshooting. Be concise, cite the docs, "
-    "never invent settings, and ask one clarifying question when the request is ambiguous.",
+    (
+        "You are the documentation assistant for {P}. Answer only from the docs; when unsure, "
+        "say so and link the closest page. Keep answers short and give exact menu paths."
+    ),
+    (
+        "You help customers of {P} with setup and troubleshooting. Be concise, cite the docs, "
+        "never invent settings, and ask one clarifying question when the request is ambiguous."
+    ),
 )
 _MODELS = (
     ("gpt-4o", "gpt-4o-2024-08-06"),
@@ -227,7 +240,10 @@ class _Conversation:
     def _meta(self) -> dict[str, Any]:
         rng = self.rng
         meta: dict[str, Any] = {
-            "user_properties": {"id": f"user_{rng.randint(1, 50_000)}", "identificationType": "COOKIED"},
+            "user_properties": {
+                "id": f"user_{rng.randint(1, 50_000)}",
+                "identificationType": "COOKIED",
+            },
             "properties": {"app": rng.choice(_APPS), "locale": rng.choice(_LOCALES)},
             "tags": rng.sample(("docs", "billing", "auth", "deploy", "api"), rng.randint(1, 2)),
         }
@@ -342,7 +358,7 @@ def generate(
     timeline from `start`, or read `clock` as each event is made (live traffic).
     """
     shape = shape or Shape()
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets.
     order = itertools.count()
     queue: list[tuple[float, int, Iterator[tuple[float, Event]] | None, Event | Record]] = []
     started = 0
@@ -388,6 +404,32 @@ def is_ended(value: bytes) -> bool:
     return value.startswith(ENDED_PREFIX)
 
 
+class _Tally:
+    """The broker's answers to sends: acknowledged count and the first failure."""
+
+    def __init__(self, on_delivered: Delivered | None) -> None:
+        self.on_delivered = on_delivered
+        self.acknowledged = 0
+        self.failure: BaseException | None = None
+
+    def watch(self, future: asyncio.Future[Any], key: bytes, value: bytes) -> None:
+        future.add_done_callback(lambda done: self._settled(done, key, value))
+
+    def _settled(self, future: asyncio.Future[Any], key: bytes, value: bytes) -> None:
+        if future.cancelled():
+            self.failure = self.failure or WorkloadError("a send was cancelled")
+        elif (error := future.exception()) is not None:
+            self.failure = self.failure or error
+        else:
+            self.acknowledged += 1
+            if self.on_delivered is not None:
+                self.on_delivered(key, value, time.monotonic())
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise WorkloadError(f"the broker refused a record: {self.failure!r}")
+
+
 async def produce(  # noqa: PLR0913 - the knobs of a producer run, each with a default.
     bootstrap_servers: str,
     topic: str,
@@ -415,51 +457,40 @@ async def produce(  # noqa: PLR0913 - the knobs of a producer run, each with a d
         max_request_size=2 * 1024 * 1024,
     )
     await producer.start()
-    failures: list[BaseException] = []
-    acknowledged = 0
-
-    def settled(key: bytes, value: bytes, future: asyncio.Future[Any]) -> None:
-        nonlocal acknowledged
-        if future.cancelled():
-            failures.append(WorkloadError("a send was cancelled"))
-        elif (error := future.exception()) is not None:
-            failures.append(error)
-        else:
-            acknowledged += 1
-            if on_delivered is not None:
-                on_delivered(key, value, time.monotonic())
-
+    tally = _Tally(on_delivered)
     loop = asyncio.get_running_loop()
     began = loop.time()
     next_report = began + progress_every
     try:
         for sent, (key, value) in enumerate(events):
             now = loop.time()
-            if rate > 0:
-                wait = began + sent / rate - now
-                if wait > 0.002:
-                    await asyncio.sleep(wait)
-            future = await producer.send(topic, value, key=key)
-            future.add_done_callback(lambda f, k=key, v=value: settled(k, v, f))
-            if failures:
-                raise WorkloadError(f"the broker refused a record: {failures[0]!r}")
+            if rate > 0 and (wait := began + sent / rate - now) > 0.002:
+                await asyncio.sleep(wait)
+            tally.watch(await producer.send(topic, value, key=key), key, value)
+            tally.check()
             if progress is not None and now >= next_report:
                 progress(sent, now - began)
                 next_report = now + progress_every
         await producer.flush()
     finally:
         await producer.stop()
-    if failures:
-        raise WorkloadError(f"the broker refused a record: {failures[0]!r}")
+    tally.check()
     if progress is not None:
-        progress(acknowledged, loop.time() - began)
-    return acknowledged
+        progress(tally.acknowledged, loop.time() - began)
+    return tally.acknowledged
 
 
 async def ensure_topic(
-    bootstrap_servers: str, topic: str, partitions: int, replication_factor: int = 1
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    replication_factor: int = 1,
+    leader_wait: float = 30.0,
 ) -> bool:
-    """Create `topic` unless it exists; returns whether it was created."""
+    """Create `topic` unless it exists and wait until every partition has a leader.
+
+    Returns whether it was created.
+    """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
     from aiokafka.errors import TopicAlreadyExistsError, for_code  # noqa: PLC0415
 
@@ -467,16 +498,24 @@ async def ensure_topic(
     await admin.start()
     try:
         response = await admin.create_topics([NewTopic(topic, partitions, replication_factor)])
-        for _, code, *rest in response.topic_errors:
-            if code == 0:
-                return True
-            error = for_code(code)
-            if error is TopicAlreadyExistsError:
-                return False
+        _, code, *rest = response.topic_errors[0]
+        error = for_code(code) if code else None
+        if error is not None and error is not TopicAlreadyExistsError:
             raise WorkloadError(f"creating topic {topic!r} failed: {error.__name__} {rest[:1]}")
+        deadline = time.monotonic() + leader_wait
+        while not await _led(admin, topic):
+            if time.monotonic() > deadline:
+                raise WorkloadError(f"topic {topic!r} has no leader for every partition")
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
-    return False
+    return error is None
+
+
+async def _led(admin: Any, topic: str) -> bool:
+    (described,) = await admin.describe_topics([topic])
+    parts = described["partitions"]
+    return described["error_code"] == 0 and all(p["leader"] >= 0 for p in parts) and bool(parts)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -492,7 +531,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=None, help="random seed (default: a fresh one)")
     add("--partitions", type=int, default=None, help="create the topic with this many if missing")
     add("--replication-factor", type=int, default=1, help="for a topic this command creates")
-    add("--ended-share", type=float, default=Shape.ended_share, help="share ending explicitly")
+    add("--ended-share", type=float, default=Shape().ended_share, help="share ending explicitly")
     add("--active", type=int, default=None, help="conversations in progress at once")
     return parser
 
@@ -503,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("error: --conversations must be >= 1, --rate >= 0, --ended-share in [0, 1]")
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
-    active = args.active or (max(1, int(args.rate * 5)) if args.rate else Shape.active)
+    active = args.active or (max(1, int(args.rate * 5)) if args.rate else Shape().active)
     shape = Shape(ended_share=args.ended_share, active=active)
     live = args.rate > 0
     events = generate(

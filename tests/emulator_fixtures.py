@@ -1,8 +1,8 @@
 """Fixtures for the analytics API emulator.
 
 Every body any emulator fixture accepts during a run is appended, as it is
-accepted, to one NDJSON file (`accepted_bodies_path`), emptied when the run
-starts, so the conformance test can check them with the official SDK.
+accepted, to one NDJSON file of that run (`accepted_bodies_path`), so the
+conformance test can check them with the official SDK.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ ACCEPTED_BODIES_NAME = "accepted-bodies.ndjson"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def accepted_bodies_path(pytestconfig: pytest.Config, tmp_path_factory) -> Path:
-    """The run's NDJSON file of accepted bodies, under the pytest cache (else the run's tmp)."""
-    cache = getattr(pytestconfig, "cache", None)
-    folder = cache.mkdir("emulator") if cache is not None else tmp_path_factory.mktemp("emulator")
-    path = Path(folder) / ACCEPTED_BODIES_NAME
+def accepted_bodies_path(tmp_path_factory) -> Path:
+    """The run's NDJSON file of accepted bodies, in the run's own temporary folder
+    (not the shared cache), so runs side by side do not mix their bodies."""
+    path = tmp_path_factory.mktemp("emulator") / ACCEPTED_BODIES_NAME
     path.write_bytes(b"")
     return path
 

@@ -320,16 +320,17 @@ async def test_record_writes_each_accepted_body_as_one_line(tmp_path):
 
 
 async def test_status_sequence_is_answered_in_order_then_normal_service(emulator):
-    emulator.faults.status_sequence = [503, 429, 500]
+    emulator.faults.status_sequence = [503, 429, 200, 599]
     emulator.faults.retry_after = 7
     body = encode(conversation())
-    answers = [await post(emulator.url, body) for _ in range(4)]
-    assert [a[0] for a in answers] == [503, 429, 500, 200]
+    answers = [await post(emulator.url, body) for _ in range(5)]
+    assert [a[0] for a in answers] == [503, 429, 200, 599, 200]
     assert answers[1][1]["Retry-After"] == "7"
     assert "Retry-After" not in answers[0][1]
     problem_of(answers[0][1], answers[0][2])
-    assert [r.status for r in emulator.posts()] == [503, 429, 500, 200]
-    assert emulator.accepted == [body]
+    assert problem_of(answers[3][1], answers[3][2])["status"] == 599
+    assert [r.status for r in emulator.posts()] == [503, 429, 200, 599, 200]
+    assert emulator.accepted == [body, body]
 
 
 async def test_drop_closes_the_connection_without_an_answer(emulator):

@@ -1,7 +1,8 @@
-"""The input contract, field by field, and the shipped examples decoded as the worker decodes them."""
+"""The input contract, field by field, and the shipped examples decoded as the worker does."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -47,7 +48,10 @@ BASE: dict[str, Any] = {
     "event_type": "chat.completion",
     "conversation_id": "conv_8f2c",
     "occurred_at": "2026-11-23T10:15:02.481Z",
-    "request": {"model": "gpt-4o", "messages": [{"role": "user", "content": "How do I rotate a key?"}]},
+    "request": {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "How do I rotate a key?"}],
+    },
 }
 ENDED: dict[str, Any] = {
     "event_id": "evt_01JD5KC0ENDD",
@@ -142,7 +146,9 @@ def test_the_examples_hold_both_event_types_in_several_files():
     assert len(example_files()) >= 4
 
 
-def _full_events(examples: list[tuple[dict[str, Any], events.Event]]) -> list[events.ChatCompletion]:
+def _full_events(
+    examples: list[tuple[dict[str, Any], events.Event]],
+) -> list[events.ChatCompletion]:
     return [e for _, e in examples if isinstance(e, events.ChatCompletion) and e.history == "full"]
 
 
@@ -171,7 +177,7 @@ def _trimmed(examples):
     for event in _full_events(examples):
         by_conversation.setdefault(event.conversation_id, []).append(event.request.messages)
     for histories in by_conversation.values():
-        for earlier, later in zip(histories, histories[1:], strict=False):
+        for earlier, later in itertools.pairwise(histories):
             kept_system = later[0] == earlier[0] and later[0].role == "system"
             if kept_system and later[1] != earlier[1] and earlier[-1] in later:
                 return True
@@ -224,15 +230,19 @@ CASES = {
     ),
     "a tool call answered by a tool result": _tool_round_trip,
     "a legacy function call and its result": lambda ex: any(
-        m.role == "function" for _, e in ex if isinstance(e, events.ChatCompletion)
+        m.role == "function"
+        for _, e in ex
+        if isinstance(e, events.ChatCompletion)
         for m in e.request.messages
     ),
-    "text, image, audio, file and refusal parts": lambda ex: {
-        "text", "image_url", "input_audio", "file", "refusal"
-    } <= _parts(ex),
+    "text, image, audio, file and refusal parts": lambda ex: (
+        {"text", "image_url", "input_audio", "file", "refusal"} <= _parts(ex)
+    ),
     "a refused reply": lambda ex: any(m.refusal for m in _replies(ex)),
     "a developer message": lambda ex: any(
-        m.role == "developer" for _, e in ex if isinstance(e, events.ChatCompletion)
+        m.role == "developer"
+        for _, e in ex
+        if isinstance(e, events.ChatCompletion)
         for m in e.request.messages
     ),
     "a failed call (no response)": lambda ex: any(
@@ -263,7 +273,8 @@ def test_every_invalid_example_is_refused_with_its_kind(number: int, kind: str):
 
 
 def test_the_docs_explain_every_invalid_example_with_its_kind():
-    rows = re.findall(r"^\|\s*(\d+)\s*\|\s*`([a-z_]+)`\s*\|(.+)\|\s*$", EVENTS_DOC.read_text("utf-8"), re.M)
+    row = re.compile(r"^\|\s*(\d+)\s*\|\s*`([a-z_]+)`\s*\|(.+)\|\s*$", re.MULTILINE)
+    rows = row.findall(EVENTS_DOC.read_text("utf-8"))
     documented = {int(number): (kind, why.strip()) for number, kind, why in rows}
     for number, kind in enumerate(INVALID_KINDS, 1):
         assert number in documented, f"docs/events.md does not explain invalid.ndjson line {number}"
@@ -478,7 +489,7 @@ def test_tool_calls_and_results_decode():
             request={
                 "messages": [
                     {"role": "assistant", "content": None, "tool_calls": [call, custom]},
-                    {"role": "tool", "tool_call_id": "call_1", "content": "{\"ok\":true}"},
+                    {"role": "tool", "tool_call_id": "call_1", "content": '{"ok":true}'},
                     {"role": "assistant", "function_call": {"name": "calc"}},
                     {"role": "function", "name": "calc", "content": "4"},
                 ]
@@ -513,14 +524,18 @@ def test_the_reply_is_the_first_choice_message():
     )
     assert isinstance(event, events.ChatCompletion)
     assert event.response is not None
-    assert event.response.choices[0].message == events.Message(role="assistant", content="Open Settings.")
+    assert event.response.choices[0].message == events.Message(
+        role="assistant", content="Open Settings."
+    )
     assert event.response.choices[0].finish_reason == "stop"
     assert event.response.created == 1795428900
     assert event.response.usage == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 
 
 @pytest.mark.parametrize(
-    "response", [None, {}, {"choices": []}, {"id": "chatcmpl-1", "choices": [{"index": 0}]}], ids=repr
+    "response",
+    [None, {}, {"choices": []}, {"id": "chatcmpl-1", "choices": [{"index": 0}]}],
+    ids=repr,
 )
 def test_a_response_is_optional_and_may_be_empty(response: Any):
     event = decode(with_(BASE, response=response))
@@ -603,7 +618,9 @@ def test_unknown_fields_are_ignored_at_every_level(line: bytes):
 
 
 @pytest.mark.parametrize(
-    "data", [b"", b"nope", b"{", b'{"event_id": "a",}', b"\xff\xfe{}", b"{'event_id': 'a'}"], ids=repr
+    "data",
+    [b"", b"nope", b"{", b'{"event_id": "a",}', b"\xff\xfe{}", b"{'event_id': 'a'}"],
+    ids=repr,
 )
 def test_bytes_that_are_not_json_are_their_own_kind(data: bytes):
     assert refused(data).kind == "not_json"

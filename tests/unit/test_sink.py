@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -20,13 +21,14 @@ from consumer.sink import (
     MAX_RETRY_AFTER,
     Outcome,
     Sink,
+    _Answer,
     classify,
     retry_after_seconds,
 )
 
 BASE = 0.01
 CAP = 0.05
-SLACK = 0.25
+SLACK = 0.5
 """Scheduling and socket time allowed on top of an upper bound."""
 
 
@@ -85,7 +87,7 @@ async def test_server_errors_are_retried_with_capped_full_jitter(emulator):
     assert delivery.attempts == 7
     assert [r.status for r in emulator.posts()] == [500, 503, 502, 504, 500, 503, 200]
     assert all(gap < CAP + SLACK for gap in gaps(emulator))
-    assert sum(gaps(emulator)) < 6 * CAP + SLACK
+    assert sum(gaps(emulator)) < 6 * CAP + 2 * SLACK
     assert counted("api_retries", reason="server_error") == retried + 6
     assert counted("api_requests", status="503") == answered_503 + 2
 
@@ -288,6 +290,41 @@ async def test_a_refused_key_pauses_until_it_works_and_nothing_is_lost():
     assert events.count("the API key was refused (401)") == 1
     assert events.count("the API accepts the key again") == 1
     assert API_KEY not in repr(logs)
+
+
+async def test_one_accepted_probe_ends_every_waiting_deliverys_pause(emulator):
+    emulator.faults.auth_failing = True
+    conversations = [make(f"conv_{n}") for n in range(6)]
+    async with sink_for(emulator.url, base_retry_delay=1.0, max_retry_delay=1.0) as sink:
+        tasks = [asyncio.create_task(sink.deliver(c, payload.encode(c))) for c in conversations]
+        for _ in range(100):
+            if len(emulator.posts()) == len(conversations):
+                break
+            await asyncio.sleep(0.01)
+        emulator.faults.auth_failing = False
+        deliveries = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert all(d.outcome is Outcome.ACKED for d in deliveries)
+    taken = [r.time for r in emulator.posts() if r.status == 200]
+    # Each delivery drew its own pause (up to 1 s); the first success woke all the others.
+    assert len(taken) == len(conversations)
+    assert max(taken) - min(taken) < 0.25
+
+
+def test_an_answer_to_a_request_sent_before_the_last_change_does_not_flip_auth_back():
+    sink = Sink(base_url="http://127.0.0.1:9", api_key="k")
+    before = time.monotonic()
+    assert isinstance(sink._judge(_Answer(401, b"", None, "401", before)), errors.AuthFailed)
+    assert sink.auth_failed
+    assert sink._judge(_Answer(200, b"", None, "200", before)) is None
+    assert sink.auth_failed, "a success sent before the refusal says nothing about the key now"
+    assert sink._judge(_Answer(200, b"", None, "200", time.monotonic())) is None
+    assert not sink.auth_failed
+    assert isinstance(sink._judge(_Answer(403, b"", None, "403", before)), errors.AuthFailed)
+    assert not sink.auth_failed, "a refusal sent before the recovery is stale"
+    assert isinstance(
+        sink._judge(_Answer(403, b"", None, "403", time.monotonic())), errors.AuthFailed
+    )
+    assert sink.auth_failed
 
 
 async def test_cancellation_propagates_while_waiting_for_an_answer(emulator):

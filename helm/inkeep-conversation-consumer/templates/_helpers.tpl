@@ -82,6 +82,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (include "consumer.sasl" .) .Values.kafka.sasl.password (not .Values.kafka.sasl.existingSecret) }}true{{ end }}
 {{- end }}
 
+{{/*
+A number as the worker's settings parse it: YAML gives large integers as
+floats, which would otherwise print as 1.048576e+06.
+*/}}
+{{- define "consumer.number" -}}
+{{- if eq (float64 .) (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+
 {{- define "consumer.caPath" -}}
 /etc/inkeep-consumer/kafka-ca/{{ .Values.kafka.caCert.key }}
 {{- end }}
