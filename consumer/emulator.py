@@ -314,6 +314,7 @@ class Emulator:
     ) -> None:
         await self.stop()
 
+    @property
     def posts(self) -> list[RequestLog]:
         """The `POST /conversations` requests, in arrival order."""
         return [r for r in self.requests if r.method == "POST" and r.path == "/conversations"]

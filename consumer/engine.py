@@ -128,6 +128,7 @@ class PartitionEngine:
         """Conversations with a flush in flight or pending."""
         self._changed: dict[str, None] = {}
         self._covers: int | None = None
+        self._restoring = False
         self.duplicates = 0
         """Events ignored as already applied, for the runtime's counter."""
 
@@ -144,11 +145,18 @@ class PartitionEngine:
         return len(self._open) + len(self._done)
 
     def restore(self, key: bytes, value: bytes | None, now: float) -> None:  # noqa: ARG002
-        """Takes one state-topic record, in topic order; a later record replaces an earlier one."""
+        """Takes one state-topic record, in topic order; a later record replaces an earlier one.
+
+        Until `restored()`, flushes are deferred: events replayed meanwhile are ones
+        the previous owner may already have flushed, and a flush from a state not yet
+        caught up would overwrite its newer body with an older one.
+        """
+        self._restoring = True
         cid = key.decode()
         self._open.pop(cid, None)
         self._done.pop(cid, None)
         self._markers.pop(cid, None)
+        self._held.pop(cid, None)
         if value is None:
             return
         record = state.decode_record(value)
@@ -162,9 +170,20 @@ class PartitionEngine:
             )
         else:
             self._open[cid] = record
+            if record.in_flight or record.pending is not None:
+                self._held[cid] = None
 
     def restored(self, now: float) -> list[Decision]:
-        """Rebuilds the schedules; re-issues what was due or in flight when state was written."""
+        """Rebuilds the schedules; issues what was due or in flight when state was written.
+
+        Call it right after the restore, or, to never send an older body than the
+        previous owner did, once the input is replayed up to the end offset seen at
+        assignment (every flush due meanwhile is issued here, whole). Without a
+        `restore()` before it there is nothing to do.
+        """
+        if not self._restoring:
+            return []
+        self._restoring = False
         self._done = OrderedDict(sorted(self._done.items(), key=lambda kv: kv[1].completed_at))
         self._markers = OrderedDict(sorted(self._markers.items(), key=lambda kv: kv[1].marked_at))
         by_activity = sorted(self._open.values(), key=lambda conv: conv.last_event_at)
@@ -332,10 +351,12 @@ class PartitionEngine:
         if trigger in _COMPLETING:
             conv.closing = True
             self._active.pop(conv.id, None)
-        if conv.in_flight:
-            stronger = conv.pending is None or _RANK[trigger] > _RANK[Trigger(conv.pending)]
-            if conv.dirty and stronger:
+        if conv.dirty and (conv.in_flight or self._restoring):
+            if conv.pending is None or _RANK[trigger] > _RANK[Trigger(conv.pending)]:
                 conv.pending = trigger
+            self._held[conv.id] = None
+            return []
+        if conv.in_flight:
             return []
         if not conv.dirty:
             if conv.closing:

@@ -222,13 +222,17 @@ class KafkaNode:
     def formatted(self) -> bool:
         return (self.directory / "data" / "meta.properties").is_file()
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 30) -> str:
+        """The log's first errors (with their exceptions) and its last lines, for a report."""
         parts = []
         for path in (self.output_path, self.log_path):
-            if path.is_file():
-                text = path.read_text(errors="replace")
-                parts.append(f"--- {path} ---\n{_last_lines(text, lines)}")
-        return "\n".join(parts) or f"(node {self.node_id} wrote no log)"
+            text = path.read_text(errors="replace") if path.is_file() else ""
+            if text.strip():
+                errors = _first_errors(text)
+                if errors:
+                    parts.append(f"--- first errors in {path} ---\n{errors}")
+                parts.append(f"--- end of {path} ---\n{_last_lines(text, lines)}")
+        return "\n".join(parts) or f"(node {self.node_id} wrote no log yet)"
 
 
 class KafkaCluster:
@@ -259,7 +263,6 @@ class KafkaCluster:
         self.heap = heap
         self.start_timeout = start_timeout
         self.overrides = dict(overrides or {})
-        self.cluster_id = new_cluster_id()
         self._owns_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="localkafka-"))
         chosen = free_ports(2 * brokers)
@@ -268,6 +271,7 @@ class KafkaCluster:
             KafkaNode(i, client_ports[i], chosen[brokers + i], self.data_dir / f"node-{i}")
             for i in range(brokers)
         ]
+        self.cluster_id = _formatted_cluster_id(self.nodes) or new_cluster_id()
         self._libs: Path | None = None
         self._exit_hook_registered = False
 
@@ -554,6 +558,17 @@ class KafkaCluster:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+def _formatted_cluster_id(nodes: Sequence[KafkaNode]) -> str | None:
+    """The cluster id of data left by an earlier run in the same directory, if any."""
+    for node in nodes:
+        if node.formatted:
+            for line in (node.directory / "data" / "meta.properties").read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "cluster.id":
+                    return value.strip()
+    return None
+
+
 def _java() -> str:
     java = shutil.which("java")
     if java is None:
@@ -605,6 +620,21 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("connection closed mid-response")
         chunks += chunk
     return bytes(chunks)
+
+
+def _first_errors(text: str, limit: int = 6) -> str:
+    """ERROR and FATAL lines, each with the exception line that follows it."""
+    lines = text.splitlines()
+    found = []
+    for index, line in enumerate(lines):
+        if " ERROR " in line or " FATAL " in line:
+            found.append(line)
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            if following and not following.startswith("["):
+                found.append(following)
+            if len(found) >= 2 * limit:
+                break
+    return "\n".join(found)
 
 
 def _last_lines(text: str, count: int) -> str:

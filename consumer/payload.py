@@ -51,6 +51,12 @@ class OutMessage(
     name: str | None = None
     tool_calls: list[ToolCall] | None = msgspec.field(default=None, name="tool_calls")
     properties: dict[str, Any] | None = None
+    # Known to the API; the worker does not fill them, the emulator accepts them.
+    updated_at: datetime | None = None
+    external_id: str | None = None
+    external_url: str | None = None
+    links: list[dict[str, Any]] | None = None
+    user_properties: dict[str, Any] | None = None
 
 
 class Conversation(

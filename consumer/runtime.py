@@ -270,13 +270,14 @@ class Worker:
             metrics.conversations_flushed.labels(str(flush.trigger)).inc()
             metrics.flush_latency_seconds.observe(max(0.0, now - flush.created))
             log.info("conversation_flushed", messages=flush.message_count, **context)
-            if flush.truncated and flush.original is not None:
+            if flush.truncated or delivery.shrunk:
+                # The API holds a cut copy; the whole conversation is kept here.
                 metrics.conversations_truncated.inc()
                 self._dead_letter(
                     part,
                     deadletter.conversation(
                         conversation_id=flush.conversation_id,
-                        body=flush.original,
+                        body=flush.original or flush.body,
                         kind="truncated",
                         reason="logged with its largest contents cut to fit the API's body limit",
                         topic=part.tp.topic,

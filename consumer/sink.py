@@ -129,18 +129,24 @@ def _retry_reason(error: errors.SinkError, label: str) -> str:
 
 
 class _Pacer:
-    """A global rate limit: requests start at least `1/rate` seconds apart, with no burst."""
+    """A global rate limit: requests start at least `1/rate` seconds apart, with no burst.
+
+    Waiters queue in order, and the next start is counted from when the previous
+    one really happened, so a late wake-up never lets two starts come closer.
+    """
 
     def __init__(self, rate: float) -> None:
         self._interval = 1.0 / rate
         self._next = 0.0
+        self._lock = asyncio.Lock()
 
     async def wait(self) -> None:
-        now = asyncio.get_running_loop().time()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            delay = self._next - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._next = loop.time() + self._interval
 
 
 class Sink:

@@ -7,11 +7,14 @@ conformance test can check them with the official SDK.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from consumer.emulator import Emulator
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["API_KEY", "accepted_bodies_path", "emulator"]
 

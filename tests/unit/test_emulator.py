@@ -115,9 +115,9 @@ async def test_accepts_stores_and_answers_the_conversation(emulator):
     assert payload.decode(answer) == payload.decode(body)
     assert emulator.accepted == [body]
     assert emulator.conversations["conv_1"] == payload.decode(body)
-    assert emulator.posts()[-1].status == 200
-    assert emulator.posts()[-1].conversation_id == "conv_1"
-    assert emulator.posts()[-1].body_size == len(body)
+    assert emulator.posts[-1].status == 200
+    assert emulator.posts[-1].conversation_id == "conv_1"
+    assert emulator.posts[-1].body_size == len(body)
 
     status, _, answer = await get(emulator.url, "/conversations/conv_1")
     assert status == 200
@@ -329,7 +329,7 @@ async def test_status_sequence_is_answered_in_order_then_normal_service(emulator
     assert "Retry-After" not in answers[0][1]
     problem_of(answers[0][1], answers[0][2])
     assert problem_of(answers[3][1], answers[3][2])["status"] == 599
-    assert [r.status for r in emulator.posts()] == [503, 429, 200, 599, 200]
+    assert [r.status for r in emulator.posts] == [503, 429, 200, 599, 200]
     assert emulator.accepted == [body, body]
 
 
@@ -340,7 +340,7 @@ async def test_drop_closes_the_connection_without_an_answer(emulator):
         with pytest.raises(aiohttp.ServerDisconnectedError):
             await post(emulator.url, body)
     assert (await post(emulator.url, body))[0] == 200
-    assert [r.status for r in emulator.posts()] == [0, 0, 200]
+    assert [r.status for r in emulator.posts] == [0, 0, 200]
     assert emulator.accepted == [body]
 
 
@@ -357,7 +357,7 @@ async def test_a_client_that_gives_up_during_latency_is_not_stored(emulator):
             ):
                 pass
     await asyncio.sleep(0.6)
-    assert [r.status for r in emulator.posts()] == [499]
+    assert [r.status for r in emulator.posts] == [499]
     assert emulator.accepted == []
     assert (await post(emulator.url, body))[0] == 200
 
@@ -385,7 +385,7 @@ async def test_reject_ids_are_answered_422(emulator):
     assert (await post(emulator.url, encode(conversation("conv_bad"))))[0] == 422
     assert (await post(emulator.url, encode(conversation("conv_ok"))))[0] == 200
     assert list(emulator.conversations) == ["conv_ok"]
-    assert emulator.posts()[0].conversation_id == "conv_bad"
+    assert emulator.posts[0].conversation_id == "conv_bad"
 
 
 async def test_random_faults_follow_the_seed():

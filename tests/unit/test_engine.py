@@ -592,6 +592,43 @@ def test_restore_reissues_the_flush_that_was_in_flight():
     assert engine.open_count == 0
 
 
+def test_flushes_wait_for_restored_so_a_replay_never_sends_an_older_body():
+    run = Run()
+    script = [
+        completion("c", [user("a")], assistant("A")),
+        ended("c"),
+        completion("c", [user("a"), assistant("A"), user("b")], assistant("B")),
+        ended("c"),
+    ]
+    run.feed(script[0])
+    first = only_flush(run.apply(script[1]))
+    records = run.engine.checkpoint().records  # Written with the first flush in flight.
+    run.engine.acknowledged("c", first.seq, run.now)
+    run.feed(script[2])
+    newer = only_flush(run.apply(script[3]))  # The old owner then sent 4 messages, and died.
+    engine = PartitionEngine(EngineConfig())
+    for key, value in records:
+        engine.restore(key, value, run.now)
+    assert engine.checkpoint().hold == 0
+    for offset, event in enumerate(script):  # Replayed from the held offset.
+        assert engine.apply(event, offset, run.now) == []
+    assert engine.due(run.now + 10_000) == []
+    resumed = only_flush(engine.restored(run.now))
+    assert resumed.seq == first.seq + 1
+    assert resumed.trigger is Trigger.ENDED
+    assert body(resumed)["messages"] == body(newer)["messages"]
+    engine.acknowledged("c", resumed.seq, run.now)
+    assert engine.open_count == 0
+
+
+def test_restored_without_any_restore_changes_nothing():
+    run = Run()
+    run.feed(completion("c", [user("a")]))
+    only_flush(run.apply(ended("c")))
+    assert run.engine.restored(run.now) == []
+    assert run.engine.in_flight_count == 1
+
+
 def test_restored_conversation_continues_with_the_same_ids_and_no_duplicates():
     run = Run()
     first = completion("c", [user("a")], assistant("A"))
@@ -711,7 +748,7 @@ def test_assistant_without_content_refusal_and_legacy_function_call():
         user("a"),
         assistant(None, refusal="I can't help with that."),
         assistant("partly", refusal="not all of it"),
-        assistant(None, function_call={"name": "lookup", "arguments": "{\"q\": 1}"}),
+        assistant(None, function_call={"name": "lookup", "arguments": '{"q": 1}'}),
         {"role": "function", "name": "lookup", "content": "found"},
     ], history="delta"))
     messages = run.final()["messages"]
@@ -721,7 +758,7 @@ def test_assistant_without_content_refusal_and_legacy_function_call():
     assert messages[1]["properties"] == {"refusal": "I can't help with that."}
     assert messages[2]["properties"] == {"refusal": "not all of it"}
     assert messages[3]["properties"] == {
-        "function_call": {"name": "lookup", "arguments": "{\"q\": 1}"},
+        "function_call": {"name": "lookup", "arguments": '{"q": 1}'},
         "tool_results": [{"name": "lookup", "content": "found"}],
     }
 

@@ -4,6 +4,10 @@ The oracle is a simulated API (an upsert by conversation id) fed by the engine's
 flushes. For any script, the API's final body must hold each scripted message once,
 and a run that crashes at any point (state restored from the last checkpoint, input
 replayed from the last commit) must end with the same bodies as a straight run.
+
+Scripts never repeat a user turn verbatim right after an unanswered one: known
+`[hi, hi]` followed by a request `[hi, hi]` is either a retry or a trimmed history
+plus a new "hi", and no alignment can tell which.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ USER_TEXTS = ("hi", "more", "thanks")
 @st.composite
 def conversation_script(draw: st.DrawFn, cid: str) -> tuple[list[dict[str, Any]], list[dict]]:
     """One conversation's event values and the history they describe."""
-    history: list[dict[str, Any]] = [SYSTEM] if draw(st.booleans()) else []
+    history: list[dict[str, Any]] = []
+    opening = [SYSTEM] if draw(st.booleans()) else []
     values: list[dict[str, Any]] = []
     steps = draw(st.integers(1, 6))
     pending_call: str | None = None
@@ -35,12 +40,16 @@ def conversation_script(draw: st.DrawFn, cid: str) -> tuple[list[dict[str, Any]]
             new = [{"role": "tool", "tool_call_id": pending_call, "content": f"result {step}"}]
             pending_call = None
         else:
-            new = [{"role": "user", "content": draw(st.sampled_from(USER_TEXTS))}]
+            last = history[-1] if history else None
+            choices = [t for t in USER_TEXTS if last is None or last["content"] != t]
+            new = [{"role": "user", "content": draw(st.sampled_from(choices))}]
+        if step == 0:
+            new = opening + new
         if draw(st.integers(0, 3)) == 0:
             pending_call = f"call_{cid}_{step}"
             reply: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": pending_call, "type": "function",
-                 "function": {"name": "lookup", "arguments": f"{{\"step\": {step}}}"}},
+                 "function": {"name": "lookup", "arguments": f'{{"step": {step}}}'}},
             ]}
         else:
             reply = {"role": "assistant", "content": f"{cid} answer {step}"}
@@ -96,8 +105,12 @@ def stream(draw: st.DrawFn) -> tuple[list[bytes], dict[str, list[dict[str, Any]]
 
 @dataclass
 class Api:
-    """An upsert by conversation id, as the analytics API is; checks the engine's own rules."""
+    """An upsert by conversation id, as the analytics API is; checks the engine's own rules.
 
+    `strict`: no body ever replaces one with more messages or different ids.
+    """
+
+    strict: bool = True
     bodies: dict[str, bytes] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     flying: dict[str, Flush] = field(default_factory=dict)
@@ -106,7 +119,8 @@ class Api:
         for decision in decisions:
             assert isinstance(decision, Flush), decision
             assert decision.conversation_id not in self.flying, "two flushes in flight"
-            assert decision.message_count >= self.counts.get(decision.conversation_id, 0)
+            if self.strict:
+                assert decision.message_count >= self.counts.get(decision.conversation_id, 0)
             self.flying[decision.conversation_id] = decision
 
     def ack(self, engine: PartitionEngine, cid: str, now: float) -> None:
@@ -116,10 +130,10 @@ class Api:
 
     def land(self, flush: Flush) -> None:
         previous = self.bodies.get(flush.conversation_id)
-        if previous is not None:
+        if previous is not None and self.strict:
             before = [m["id"] for m in json.loads(previous)["messages"]]
             after = [m["id"] for m in json.loads(flush.body)["messages"]]
-            assert after[: len(before)] == before or len(after) < len(before)
+            assert after[: len(before)] == before
         self.bodies[flush.conversation_id] = flush.body
         self.counts[flush.conversation_id] = flush.message_count
 
@@ -169,12 +183,11 @@ def test_every_message_is_logged_once_in_order(generated):
         assert len(set(ids)) == len(ids)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream(), st.data())
-def test_a_crash_anywhere_ends_with_the_same_bodies_as_a_straight_run(generated, data):
-    records, _ = generated
-    expected = straight(records)
-    crash = data.draw(st.integers(0, len(records)), label="crash after")
+def run_until_crash(
+    records: list[bytes], crash: int, data: st.DataObject
+) -> tuple[Api, dict[bytes, bytes], int]:
+    """Runs with random ticks, sheds, acks and checkpoints; returns the API, the state
+    topic (compacted) and the committed offset as they were when the process died."""
     engine, api = PartitionEngine(CONFIG), Api()
     topic: dict[bytes, bytes] = {}
     committed = 0
@@ -200,16 +213,38 @@ def test_a_crash_anywhere_ends_with_the_same_bodies_as_a_straight_run(generated,
         if data.draw(st.booleans(), label="landed"):
             api.land(flush)
     api.flying.clear()
+    return api, topic, committed
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream(), st.data())
+def test_a_crash_anywhere_ends_with_the_same_bodies_as_a_straight_run(generated, data):
+    """Restored right away, a restart may briefly re-send an older body before the replay
+    catches up; restored once the replay reaches the old owner's position, it never does.
+    """
+    records, _ = generated
+    expected = straight(records)
+    crash = data.draw(st.integers(0, len(records)), label="crash after")
+    deferred = data.draw(st.booleans(), label="restored after the replay")
+    api, topic, committed = run_until_crash(records, crash, data)
 
     now = float(crash)
     engine = PartitionEngine(CONFIG)
     for key, value in topic.items():
         engine.restore(key, value, now)
-    api.take(engine.restored(now))
+    # With no state at all there is nothing to defer to (see `restored()`).
+    api.strict = deferred and bool(topic)
+    if not deferred:
+        api.take(engine.restored(now))
     for offset in range(committed, len(records)):
         now = float(crash + offset)
+        if offset == crash:
+            api.take(engine.restored(now))
         api.take(engine.apply(events.decode_event(records[offset]), offset, now))
+        if data.draw(st.booleans(), label="tick after"):
+            api.take(engine.due(now))
         for cid in list(api.flying)[: data.draw(st.integers(0, 2), label="acks after")]:
             api.ack(engine, cid, now)
+    api.take(engine.restored(now))
     api.drain(engine, now + 1)
     assert api.bodies == expected
