@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
@@ -36,7 +38,19 @@ async def read(bootstrap_servers: str, topic: str, group: str, expect: int) -> d
         await consumer.commit()
     finally:
         await consumer.stop()
-    return {"records": records, "bytes": size, "seconds": time.monotonic() - began}
+    return {
+        "records": records,
+        "bytes": size,
+        "seconds": time.monotonic() - began,
+        "peak_rss_kb": peak_rss_kb(),
+    }
+
+
+def peak_rss_kb() -> int:
+    """This process's own high-water RSS (`ru_maxrss` would include the parent's at fork)."""
+    status = Path("/proc/self/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) if match else 0
 
 
 def main() -> None:

@@ -45,7 +45,6 @@ class Child:
             )
         self.started = time.monotonic()
         self.code: int | None = None
-        self.max_rss_kb: int | None = None
         self.cpu_seconds: float | None = None
 
     @property
@@ -58,7 +57,6 @@ class Child:
             if pid:
                 self.code = os.waitstatus_to_exitcode(status)
                 self.process.returncode = self.code
-                self.max_rss_kb = usage.ru_maxrss
                 self.cpu_seconds = usage.ru_utime + usage.ru_stime
         return self.code
 
@@ -86,8 +84,7 @@ class Child:
         return int(match.group(1))
 
     def cpu_now(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        return process_cpu(self.pid)
 
     def tail(self, lines: int = 30) -> str:
         text = self.log.read_text(errors="replace") if self.log.is_file() else ""
@@ -95,6 +92,32 @@ class Child:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class CpuMeter:
+    """CPU used by long-lived processes (the broker, the sink) over one phase."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.began = time.monotonic()
+        self.start = {name: process_cpu(pid) for name, pid in pids.items()}
+
+    def shares(self, **more: float) -> dict[str, float]:
+        """Share of one core each used since the start; `more` adds CPU seconds of others."""
+        wall = time.monotonic() - self.began
+        used = {name: process_cpu(pid) - self.start[name] for name, pid in self.pids.items()}
+        return {name: seconds / wall for name, seconds in {**more, **used}.items()}
+
+
+def cpu_line(shares: dict[str, float]) -> str:
+    parts = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+    return f"  CPU, share of one core: {parts}; load average {os.getloadavg()[0]:.1f}"
 
 
 async def stop_all(children: list[Child], timeout: float = 30.0) -> None:

@@ -43,8 +43,10 @@ from harness import (  # noqa: E402
     PYTHON,
     BenchError,
     Child,
+    CpuMeter,
     Offsets,
     Sink,
+    cpu_line,
     http_get,
     metric_sum,
     percentile,
@@ -56,6 +58,8 @@ from consumer.localkafka import KafkaCluster, free_ports  # noqa: E402
 from consumer.settings import Settings  # noqa: E402
 
 PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "memory")
+EXTRA_PHASES = ("inline",)
+"""Run only when named: the straightforward implementation awaiting each post in place."""
 MB = 1024 * 1024
 
 
@@ -82,9 +86,16 @@ class Bench:
     results: dict[str, Any] = field(default_factory=dict)
     session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
     names: itertools.count[int] = field(default_factory=itertools.count)
+    broker_pid: int | None = None
 
     def name(self, what: str) -> str:
         return f"bench-{self.run_id}-{what}-{next(self.names)}"
+
+    def meter(self) -> CpuMeter:
+        pids = {"sink": self.sink.child.pid}
+        if self.broker_pid is not None:
+            pids["broker"] = self.broker_pid
+        return CpuMeter(pids)
 
 
 def build_workload(topic: str, events: int, seed: int, shape: workload.Shape) -> Workload:
@@ -131,69 +142,62 @@ async def phase_produce(bench: Bench) -> Workload:
     return load
 
 
-async def phase_bare(bench: Bench, load: Workload) -> None:
-    group = bench.name("bare")
+async def contender(bench: Bench, load: Workload, script: str, *extra: str) -> dict[str, Any]:
+    """One of the scripts beside this file, over the whole topic, from spawn to exit."""
+    name = script.removesuffix(".py")
     command = [
-        PYTHON,
-        str(BENCH / "bare.py"),
-        "--bootstrap-servers",
-        bench.bootstrap,
-        "--topic",
-        load.topic,
-        "--group",
-        group,
-        "--expect",
-        str(len(load.records)),
+        *(PYTHON, str(BENCH / script), "--bootstrap-servers", bench.bootstrap),
+        *("--topic", load.topic, "--group", bench.name(name), "--expect", str(len(load.records))),
+        *extra,
     ]
-    child = Child("bare", command, bench.work, dict(os.environ))
+    meter = bench.meter()
+    child = Child(name, command, bench.work, dict(os.environ))
     if await child.wait(bench.args.timeout) != 0:
-        raise BenchError(f"the bare loop failed\n{child.tail()}")
+        raise BenchError(f"{name} failed\n{child.tail()}")
     seconds = time.monotonic() - child.started
+    shares = meter.shares(**{name: child.cpu_seconds or 0.0})
     inner = json.loads(child.output().splitlines()[-1])
     if inner["records"] != len(load.records):
-        raise BenchError(f"the bare loop read {inner['records']} records")
-    rate = len(load.records) / seconds
+        raise BenchError(f"{name} read {inner['records']} of {len(load.records)} records")
+    return {
+        "events_per_second": len(load.records) / seconds,
+        "seconds": seconds,
+        "seconds_after_imports": inner["seconds"],
+        "peak_rss_mb": inner["peak_rss_kb"] / 1024,
+        "cpu": shares,
+        "failures": inner.get("failures", 0),
+    }
+
+
+async def phase_bare(bench: Bench, load: Workload) -> None:
+    result = await contender(bench, load, "bare.py")
+    bench.results["bare"] = result
     print(
-        f"bare aiokafka loop: {rate:,.0f} events/s ({seconds:.2f}s, of which "
-        f"{inner['seconds']:.2f}s after imports; peak RSS {(child.max_rss_kb or 0) / 1024:.0f} MB)"
+        f"bare aiokafka loop: {result['events_per_second']:,.0f} events/s "
+        f"({result['seconds']:.2f}s, of which {result['seconds_after_imports']:.2f}s after "
+        f"imports; peak RSS {result['peak_rss_mb']:.0f} MB)"
     )
-    bench.results["bare"] = {"events_per_second": rate, "seconds": seconds}
+    print(cpu_line(result["cpu"]))
 
 
-async def phase_straightforward(bench: Bench, load: Workload) -> None:
+async def phase_straightforward(bench: Bench, load: Workload, *, inline: bool = False) -> None:
     await bench.sink.reset()
-    group = bench.name("straightforward")
-    command = [
-        PYTHON,
-        str(BENCH / "straightforward.py"),
-        "--bootstrap-servers",
-        bench.bootstrap,
-        "--topic",
-        load.topic,
-        "--group",
-        group,
-        "--expect",
-        str(len(load.records)),
-        "--api-base-url",
-        bench.sink.url,
-    ]
-    child = Child("straightforward", command, bench.work, dict(os.environ))
-    if await child.wait(bench.args.timeout) != 0:
-        raise BenchError(f"the straightforward implementation failed\n{child.tail()}")
-    seconds = time.monotonic() - child.started
+    extra = ["--api-base-url", bench.sink.url, *(["--inline"] if inline else [])]
+    result = await contender(bench, load, "straightforward.py", *extra)
     stats = await bench.sink.stats()
-    inner = json.loads(child.output().splitlines()[-1])
-    if stats["distinct"] != load.conversations or inner["failures"]:
+    if stats["distinct"] != load.conversations or result["failures"]:
         raise BenchError(
-            f"straightforward: sink saw {stats['distinct']} conversations, "
-            f"{inner['failures']} posts failed"
+            f"straightforward: sink saw {stats['distinct']} of {load.conversations} "
+            f"conversations, {result['failures']} posts failed"
         )
-    rate = len(load.records) / seconds
+    label = "straightforward, posts awaited in place" if inline else "straightforward"
+    bench.results["straightforward_inline" if inline else "straightforward"] = result
     print(
-        f"straightforward: {rate:,.0f} events/s ({seconds:.2f}s, {stats['requests']:,} "
-        f"requests; peak RSS {(child.max_rss_kb or 0) / 1024:.0f} MB)"
+        f"{label}: {result['events_per_second']:,.0f} events/s "
+        f"({result['seconds']:.2f}s, {stats['requests']:,} requests; "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB)"
     )
-    bench.results["straightforward"] = {"events_per_second": rate, "seconds": seconds}
+    print(cpu_line(result["cpu"]))
 
 
 def worker_env(bench: Bench, topic: str, group: str, **settings: Any) -> dict[str, str]:
@@ -204,14 +208,14 @@ def worker_env(bench: Bench, topic: str, group: str, **settings: Any) -> dict[st
         "kafka_group_id": group,
         "kafka_state_topic": f"{group}.state",
         "kafka_dlq_topic": f"{group}.dlq",
-        "kafka_topic_replication_factor": 1,
         "inkeep_api_base_url": bench.sink.url,
         "inkeep_api_key": "bench-key",
         "http_port": free_ports(1)[0],
-        "commit_interval_seconds": bench.args.commit_interval,
         "log_level": "info",
         **settings,
     }
+    if bench.args.commit_interval:
+        values.setdefault("commit_interval_seconds", bench.args.commit_interval)
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("KAFKA_", "INKEEP_"))
     }
@@ -254,13 +258,13 @@ async def end_to_end(
 ) -> dict[str, Any]:
     """Workers from spawn until every conversation is acknowledged and every offset committed."""
     await bench.sink.reset()
-    sink_cpu = (await bench.sink.stats())["cpu_seconds"]
     group = bench.name(label)
     end = await bench.offsets.end(load.topic)
     children = [
         spawn_worker(bench, f"{label}-{i}", worker_env(bench, load.topic, group), profile)
         for i in range(processes)
     ]
+    meter = bench.meter()
     began = min(child.started for child in children)
     acked_at = None
     deadline = began + bench.args.timeout
@@ -288,6 +292,7 @@ async def end_to_end(
         await asyncio.sleep(0.1)
     stats = await bench.sink.stats()
     hwm = [child.status_kb("VmHWM") for child in children]
+    shares = meter.shares(**{c.name: c.cpu_now() for c in children})
     await stop_all(children)
     codes = [child.code for child in children]
     seconds = done - began
@@ -297,8 +302,8 @@ async def end_to_end(
         "acked_seconds": acked_at - began,
         "requests": stats["requests"],
         "request_bytes": stats["bytes"],
-        "sink_cpu_share": (stats["cpu_seconds"] - sink_cpu) / seconds,
-        "peak_rss_mb": max(*hwm, *(c.max_rss_kb or 0 for c in children)) / 1024,
+        "cpu": shares,
+        "peak_rss_mb": max(hwm) / 1024,
         "exit_codes": codes,
     }
 
@@ -315,6 +320,7 @@ async def phase_worker(bench: Bench, load: Workload) -> None:
         f"mean body {result['request_bytes'] / max(result['requests'], 1):,.0f} B; "
         f"peak RSS {result['peak_rss_mb']:.0f} MB; exit {result['exit_codes']})"
     )
+    print(cpu_line(result["cpu"]))
     if bare:
         result["ratio_bare"] = rate / bare
     if plain:
@@ -385,7 +391,7 @@ async def phase_sink(bench: Bench, load: Workload) -> None:
         result["worker_requests_per_second"] = worker_rate
         print(
             f"  the worker sent {worker_rate:,.0f} requests/s = {worker_rate / rate:.0%} of the "
-            f"measured rate; the sink used {worker['sink_cpu_share']:.0%} of one core meanwhile"
+            f"measured rate; the sink used {worker['cpu']['sink']:.0%} of one core meanwhile"
         )
     bench.results["sink"] = result
 
@@ -401,6 +407,7 @@ async def phase_scaling(bench: Bench, load: Workload) -> None:
         f"({result['seconds']:.2f}s; {result.get('ratio_one_worker', float('nan')):.2f}x one "
         f"worker; {result['requests']:,} requests; exit {result['exit_codes']})"
     )
+    print(cpu_line(result["cpu"]))
 
 
 async def phase_latency(bench: Bench) -> None:
@@ -425,7 +432,10 @@ async def phase_latency(bench: Bench) -> None:
             if workload.is_ended(value):
                 triggered[key.decode()] = when
 
+        meter = bench.meter()
+        worker_cpu = child.cpu_now()
         seconds = await write(bench, load, rate=rate, on_delivered=delivered)
+        shares = meter.shares(worker=child.cpu_now() - worker_cpu)
         deadline = time.monotonic() + 120
         while (stats := await bench.sink.stats())["ended"] < len(triggered):
             if child.poll() is not None or time.monotonic() > deadline:
@@ -436,9 +446,11 @@ async def phase_latency(bench: Bench) -> None:
         arrived = await bench.sink.ended()
     finally:
         await stop_all([child])
-    delays = [arrived[cid] - at for cid, at in triggered.items()]
+    timeline = sorted((at, arrived[cid] - at) for cid, at in triggered.items())
+    delays = [delay for _, delay in timeline]
     achieved = len(load.records) / seconds
-    result = {
+    third = max(1, len(delays) // 3)
+    result: dict[str, Any] = {
         "target_events_per_second": rate,
         "events_per_second": achieved,
         "conversations": len(delays),
@@ -446,13 +458,18 @@ async def phase_latency(bench: Bench) -> None:
         "p90": percentile(delays, 0.90),
         "p99": percentile(delays, 0.99),
         "max": max(delays),
+        "p50_by_third": [percentile(delays[i : i + third], 0.5) for i in (0, third, 2 * third)],
+        "cpu": shares,
     }
     bench.results["latency"] = result
+    ms = {key: f"{result[key] * 1000:,.0f} ms" for key in ("p50", "p90", "p99", "max")}
     print(
         f"end -> sink 200 at {achieved:,.0f} events/s ({len(delays):,} conversations): "
-        f"p50 {result['p50'] * 1000:.0f} ms, p90 {result['p90'] * 1000:.0f} ms, "
-        f"p99 {result['p99'] * 1000:.0f} ms (target < 1000), max {result['max'] * 1000:.0f} ms"
+        f"p50 {ms['p50']}, p90 {ms['p90']}, p99 {ms['p99']} (target < 1 s), max {ms['max']}"
     )
+    thirds = ", ".join(f"{value * 1000:,.0f}" for value in result["p50_by_third"])
+    print(f"  p50 in the first, middle and last third of the run: {thirds} ms")
+    print(cpu_line(shares))
 
 
 async def phase_memory(bench: Bench) -> None:
@@ -564,8 +581,9 @@ async def run(args: argparse.Namespace) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="inkeep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    if unknown := set(phases) - set(PHASES):
-        print(f"unknown phases: {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
+    if unknown := set(phases) - set(PHASES + EXTRA_PHASES):
+        known = ", ".join(PHASES + EXTRA_PHASES)
+        print(f"unknown phases: {', '.join(sorted(unknown))}; choose from {known}")
         return 2
     cluster = None
     if args.bootstrap_servers:
@@ -578,6 +596,8 @@ async def run(args: argparse.Namespace) -> int:
     sink = Sink(work)
     offsets = Offsets(bootstrap)
     bench = Bench(args, bootstrap, sink, offsets, work)
+    if cluster is not None and cluster.nodes[0].process is not None:
+        bench.broker_pid = cluster.nodes[0].process.pid
     began = time.monotonic()
     try:
         await sink.started()
@@ -587,13 +607,14 @@ async def run(args: argparse.Namespace) -> int:
         steps = {
             "bare": lambda: phase_bare(bench, load),
             "straightforward": lambda: phase_straightforward(bench, load),
+            "inline": lambda: phase_straightforward(bench, load, inline=True),
             "worker": lambda: phase_worker(bench, load),
             "sink": lambda: phase_sink(bench, load),
             "scaling": lambda: phase_scaling(bench, load),
             "latency": lambda: phase_latency(bench),
             "memory": lambda: phase_memory(bench),
         }
-        for phase in PHASES:
+        for phase in ("bare", "straightforward", "inline", *PHASES[2:]):
             if phase in phases:
                 await steps[phase]()
         if args.profile:
@@ -623,12 +644,16 @@ def main() -> int:
     add("--events", type=int, default=200_000, help="size of the workload, about")
     add("--partitions", type=int, default=4, help="partitions of each topic")
     add("--seed", type=int, default=1, help="workload seed")
-    add("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
+    add(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated, from {','.join(PHASES + EXTRA_PHASES)} (inline: only if named)",
+    )
     add("--latency-rate", type=float, default=0.0, help="events/s (default: half the worker's)")
     add("--latency-seconds", type=float, default=30.0, help="length of the paced run")
     add("--open-conversations", type=int, default=100_000, help="for the memory phase")
     add("--sink-requests", type=int, default=20_000, help="requests in the sink-alone phase")
-    add("--commit-interval", type=float, default=1.0, help="COMMIT_INTERVAL_SECONDS of workers")
+    add("--commit-interval", type=float, default=None, help="COMMIT_INTERVAL_SECONDS of workers")
     add("--timeout", type=float, default=300.0, help="limit for each phase, seconds")
     add("--profile", action="store_true", help="also profile the worker with pyinstrument")
     add("--bootstrap-servers", default=None, help="use this broker instead of starting one")

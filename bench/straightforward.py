@@ -3,7 +3,8 @@
 What a careful engineer writes first: `json.loads` per record, plain dicts, a
 full history aligned by list membership, one `POST /conversations` per
 completed conversation through a default `aiohttp.ClientSession` (its default
-connector, no pooling tuning), posts started as tasks so the loop keeps reading.
+connector, no pooling tuning), posts started as tasks so the loop keeps reading
+(`--inline` awaits each post where it is made instead: simpler, and slower).
 It is correct enough to be fair: duplicates are skipped, roles and tool
 results map as the API wants (the harness checks its bodies against the strict
 payload decoder), conversations are sent on `conversation.ended` and, at the
@@ -24,6 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer
+from bare import peak_rss_kb
 
 Conversation = dict[str, Any]
 
@@ -187,6 +189,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                             del conversations[cid]
                             if not conversation["messages"]:
                                 continue  # a late duplicate of an end: nothing to send
+                            if args.inline:
+                                await post(session, body(conversation))
+                                continue
                             task = asyncio.create_task(post(session, body(conversation)))
                             posts.add(task)
                             task.add_done_callback(posts.discard)
@@ -196,7 +201,12 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         await consumer.commit()
     finally:
         await consumer.stop()
-    return {"records": seen, "failures": failures, "seconds": time.monotonic() - began}
+    return {
+        "records": seen,
+        "failures": failures,
+        "seconds": time.monotonic() - began,
+        "peak_rss_kb": peak_rss_kb(),
+    }
 
 
 def main() -> None:
@@ -206,6 +216,7 @@ def main() -> None:
     parser.add_argument("--group", required=True)
     parser.add_argument("--expect", type=int, required=True)
     parser.add_argument("--api-base-url", required=True)
+    parser.add_argument("--inline", action="store_true", help="await each post where it is made")
     result = asyncio.run(run(parser.parse_args()))
     print(json.dumps(result), flush=True)
 

@@ -72,11 +72,11 @@ class Flush(msgspec.Struct, frozen=True):
 
 
 class Refusal(msgspec.Struct, frozen=True):
-    """A body that must not be sent: it would carry less than the API already has.
+    """A body that must not be sent; it goes to the dead-letter topic, nothing is in flight.
 
-    Either fewer messages than the last acknowledged flush, or a continuation whose
-    earlier history expired from state, or one that cannot be cut to the body limit.
-    The body goes to the dead-letter topic; nothing is in flight for it.
+    `reason`: `fewer_messages` (than the last acknowledged flush), `history_expired`
+    (a continuation after the earlier history left state: sending it would replace
+    what the API has with the new part only), or `too_large` (cannot be cut to fit).
     """
 
     conversation_id: str
@@ -84,6 +84,7 @@ class Refusal(msgspec.Struct, frozen=True):
     body: bytes
     message_count: int
     acknowledged_count: int
+    reason: str = "fewer_messages"
 
 
 Decision = Flush | Refusal
@@ -381,11 +382,12 @@ class PartitionEngine:
                 self._complete(conv, now)
             return []
         conv.seq += 1
+        reason = "history_expired" if conv.partial else "fewer_messages"
         if not conv.partial and count >= conv.acked_count:
             try:
                 cut, body, truncated = fit(whole, self._config.max_body_bytes)
             except Rejected:
-                pass
+                reason = "too_large"
             else:
                 conv.in_flight = conv.seq
                 conv.in_flight_trigger = trigger
@@ -399,7 +401,7 @@ class PartitionEngine:
                 )]
         refusal = Refusal(
             conversation_id=cid, seq=conv.seq, body=payload.encode(whole), message_count=count,
-            acknowledged_count=conv.acked_count,
+            acknowledged_count=conv.acked_count, reason=reason,
         )
         conv.unacked_from = None
         if conv.closing:

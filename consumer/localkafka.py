@@ -15,6 +15,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import re
 import shutil
 import signal
 import socket
@@ -44,6 +45,8 @@ COMPLETE_MARKER = ".complete"
 # A node that outlives its quorum waits minutes for a controlled shutdown no one can grant;
 # the grace covers Raft's own 5 s attempt to hand over leadership before that.
 QUORUM_GRACE = 6.0
+START_ATTEMPTS = 3
+_BIND_FAILURE = re.compile(r"failed to bind to [^:\s]+:(\d+)")
 
 _POM = """<?xml version="1.0" encoding="UTF-8"?>
 <project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -197,6 +200,7 @@ class KafkaNode:
     directory: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     archive_dump: Path | None = field(default=None, repr=False)
+    log_marks: dict[Path, int] = field(default_factory=dict, repr=False)
 
     @property
     def address(self) -> str:
@@ -223,10 +227,14 @@ class KafkaNode:
         return (self.directory / "data" / "meta.properties").is_file()
 
     def log_tail(self, lines: int = 30) -> str:
-        """The log's first errors (with their exceptions) and its last lines, for a report."""
+        """This run's first errors (with their exceptions) and last log lines, for a report."""
         parts = []
         for path in (self.output_path, self.log_path):
-            text = path.read_text(errors="replace") if path.is_file() else ""
+            text = ""
+            if path.is_file():
+                with path.open("rb") as log:
+                    log.seek(self.log_marks.get(path, 0))
+                    text = log.read().decode(errors="replace")
             if text.strip():
                 errors = _first_errors(text)
                 if errors:
@@ -272,6 +280,7 @@ class KafkaCluster:
             for i in range(brokers)
         ]
         self.cluster_id = _formatted_cluster_id(self.nodes) or new_cluster_id()
+        self._fixed_ports = set(ports or ())
         self._libs: Path | None = None
         self._exit_hook_registered = False
 
@@ -297,17 +306,38 @@ class KafkaCluster:
         if not self._exit_hook_registered:
             atexit.register(self._kill_all)
             self._exit_hook_registered = True
-        try:
-            for node in self.nodes:
-                self._write_config(node)
-            self._format([node for node in self.nodes if not node.formatted])
-            for node in self.nodes:
-                if not node.running:
-                    self._spawn(node)
-            self._wait_ready(self.nodes)
-        except BaseException:
-            self._kill_all()
-            raise
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_nodes()
+            except LocalKafkaError as exc:
+                self._kill_nodes()
+                clash = _port_clash(str(exc))
+                if clash is None or clash in self._fixed_ports or attempt == START_ATTEMPTS:
+                    self._kill_all()
+                    raise
+                self._choose_new_ports()
+            except BaseException:
+                self._kill_all()
+                raise
+            else:
+                return
+
+    def _start_nodes(self) -> None:
+        for node in self.nodes:
+            self._write_config(node)
+        self._format([node for node in self.nodes if not node.formatted])
+        for node in self.nodes:
+            if not node.running:
+                self._spawn(node)
+        self._wait_ready(self.nodes)
+
+    def _choose_new_ports(self) -> None:
+        """Another process took a port between choosing it and the broker binding it."""
+        fresh = iter(free_ports(2 * len(self.nodes)))
+        for node in self.nodes:
+            node.controller_port = next(fresh)
+            if node.port not in self._fixed_ports:
+                node.port = next(fresh)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every node (SIGTERM together), then remove the data if it is ours.
@@ -493,6 +523,10 @@ class KafkaCluster:
                 )
 
     def _spawn(self, node: KafkaNode) -> None:
+        node.log_marks = {
+            path: path.stat().st_size if path.is_file() else 0
+            for path in (node.output_path, node.log_path)
+        }
         command = self._java(
             node, *self._class_archive_option(node), "kafka.Kafka", str(node.config_path)
         )
@@ -548,14 +582,22 @@ class KafkaCluster:
                 node.process.wait()
             self._keep_class_archive(node)
 
-    def _kill_all(self) -> None:
+    def _kill_nodes(self) -> None:
         for node in self.nodes:
             if node.running and node.process is not None:
                 node.process.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.process.wait(10)
+
+    def _kill_all(self) -> None:
+        self._kill_nodes()
         if self._owns_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _port_clash(report: str) -> int | None:
+    found = _BIND_FAILURE.search(report)
+    return int(found.group(1)) if found else None
 
 
 def _formatted_cluster_id(nodes: Sequence[KafkaNode]) -> str | None:

@@ -218,7 +218,7 @@ class Worker:
                 log.error(
                     "flush_refused_partial_history",
                     conversation_id=decision.conversation_id,
-                    messages=decision.message_count,
+                    message_count=decision.message_count,
                     acknowledged_messages=decision.acknowledged_count,
                     partition=part.tp.partition,
                 )
@@ -269,7 +269,7 @@ class Worker:
         if delivery.outcome is Outcome.ACKED:
             metrics.conversations_flushed.labels(str(flush.trigger)).inc()
             metrics.flush_latency_seconds.observe(max(0.0, now - flush.created))
-            log.info("conversation_flushed", messages=flush.message_count, **context)
+            log.info("conversation_flushed", message_count=flush.message_count, **context)
             if flush.truncated or delivery.shrunk:
                 # The API holds a cut copy; the whole conversation is kept here.
                 metrics.conversations_truncated.inc()

@@ -125,10 +125,13 @@ def event_key(event_id: str) -> int:
     return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
-def message_id(conversation_id: str, ordinal: int) -> str:
-    """A message's id, from its place in the conversation: the same in every flush and replay."""
-    digest = blake2b(f"{conversation_id}\x1f{ordinal}".encode(), digest_size=8).hexdigest()
-    return f"m_{digest}"
+def message_id_prefix(conversation_id: str) -> str:
+    """The prefix of a conversation's message ids; a message's id is the prefix plus its place.
+
+    So the same message gets the same id in every flush and replay, and ids of
+    different conversations differ.
+    """
+    return f"m_{blake2b(conversation_id.encode(), digest_size=8).hexdigest()}_"
 
 
 def fingerprint(message: events.Message) -> int:
@@ -137,7 +140,6 @@ def fingerprint(message: events.Message) -> int:
     Normalised so that a reply matches its re-sent copy in the next request:
     developer is system, no content is "", text-only parts are their joined text.
     """
-    role = "system" if message.role == "developer" else message.role
     content: Any = message.content
     if content is None:
         content = ""
@@ -150,13 +152,17 @@ def fingerprint(message: events.Message) -> int:
                  p.refusal, p.input_audio, p.file)
                 for p in content
             ]
-    calls = [
-        (c.id, c.type, c.function and (c.function.name, c.function.arguments), c.custom)
-        for c in message.tool_calls or ()
-    ]
+    calls = message.tool_calls
     legacy = message.function_call
-    key = (role, content, message.name, calls, message.tool_call_id,
-           legacy and (legacy.name, legacy.arguments))
+    key = (
+        "system" if message.role == "developer" else message.role,
+        content,
+        message.name,
+        [(c.id, c.type, c.function and (c.function.name, c.function.arguments), c.custom)
+         for c in calls] if calls else None,
+        message.tool_call_id,
+        (legacy.name, legacy.arguments) if legacy is not None else None,
+    )
     digest = blake2b(_fingerprint_encoder.encode(key), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
@@ -278,6 +284,7 @@ def to_payload(state: ConversationState) -> payload.Conversation:
     else of a system message that names them. Each choice depends only on earlier
     messages, so a message once logged is logged the same way in every later flush.
     """
+    prefix = message_id_prefix(state.id)
     out: list[payload.OutMessage] = []
     by_call: dict[str, payload.OutMessage] = {}
     by_function: dict[str, payload.OutMessage] = {}
@@ -296,7 +303,7 @@ def to_payload(state: ConversationState) -> payload.Conversation:
             target = target or last_assistant or (out[-1] if out else None)
             if target is None:
                 target = payload.OutMessage(
-                    id=message_id(state.id, ordinal), role="system", content=label,
+                    id=f"{prefix}{ordinal}", role="system", content=label,
                     created_at=entry.created_at,
                 )
                 out.append(target)
@@ -308,7 +315,7 @@ def to_payload(state: ConversationState) -> payload.Conversation:
             continue
         role = "system" if entry.role == "developer" else entry.role
         message = payload.OutMessage(
-            id=message_id(state.id, ordinal), role=role,  # type: ignore[arg-type]
+            id=f"{prefix}{ordinal}", role=role,  # type: ignore[arg-type]
             content=entry.content, created_at=entry.created_at, name=entry.name,
             tool_calls=entry.tool_calls, properties=entry.properties,
         )

@@ -59,6 +59,8 @@ async def ensure_topics(
             for t in await admin.describe_topics([n for n in (input_topic, state_topic) if n in existing])
         }
         partitions = len(described[input_topic]["partitions"])
+        if replication_factor < 1:  # Not set: as durable as the input itself.
+            replication_factor = len(described[input_topic]["partitions"][0]["replicas"])
         if state_topic in described and len(described[state_topic]["partitions"]) != partitions:
             raise ConfigError(
                 "KAFKA_STATE_TOPIC",

@@ -12,10 +12,13 @@ usage: check_manifests.py RENDERED.yaml --node-modules DIR [--kube-version V ...
 Prints one summary line; exits 1 with the problems listed when any is found.
 """
 
+# ruff: noqa: INP001, T201 - a standalone CI script that prints its verdict
+
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +29,9 @@ import yaml
 
 CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 SECRET_ENV = ("INKEEP_API_KEY", "KAFKA_SASL_PASSWORD")
+WRITABLE = "/tmp"  # noqa: S108 - the one writable path the image expects
+PROBES = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
+NODE = shutil.which("node") or "node"
 HERE = Path(__file__).resolve().parent
 
 
@@ -55,8 +61,8 @@ def check_builtin(docs: list[dict[str, Any]], versions: list[str]) -> list[str]:
 def check_custom(docs: list[dict[str, Any]], node_modules: str) -> list[str]:
     if not docs:
         return []
-    run = subprocess.run(
-        ["node", str(HERE / "crds.mjs"), node_modules],
+    run = subprocess.run(  # noqa: S603 - our own validator script, fixed arguments
+        [NODE, str(HERE / "crds.mjs"), node_modules],
         input=json.dumps(docs),
         capture_output=True,
         text=True,
@@ -71,16 +77,11 @@ def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def check_deployment(dep: dict[str, Any]) -> list[str]:
+def check_env(pod: dict[str, Any], worker: dict[str, Any]) -> list[str]:
     problems = []
-    pod = dep["spec"]["template"]["spec"]
-    workers = [c for c in pod["containers"] if c["name"] == "worker"]
-    if len(workers) != 1:
-        return ["Deployment: expected exactly one container named worker"]
-    worker = workers[0]
-    env = env_of(worker)
     names = [e["name"] for e in worker.get("env", [])]
     problems += [f"env {n} is set twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    env = env_of(worker)
     for name in SECRET_ENV:
         if name in env and "secretKeyRef" not in env[name].get("valueFrom", {}):
             problems.append(f"env {name} must come from a Secret (secretKeyRef), not a value")
@@ -88,14 +89,16 @@ def check_deployment(dep: dict[str, Any]) -> list[str]:
         problems.append("env INKEEP_API_KEY is missing")
     if not env.get("KAFKA_BOOTSTRAP_SERVERS", {}).get("value"):
         problems.append("env KAFKA_BOOTSTRAP_SERVERS is missing or empty")
-
     grace = float(env.get("SHUTDOWN_GRACE_SECONDS", {}).get("value", "25"))
     period = pod.get("terminationGracePeriodSeconds", 30)
     if not period > grace:
         problems.append(
             f"terminationGracePeriodSeconds {period} must exceed SHUTDOWN_GRACE_SECONDS {grace}"
         )
+    return problems
 
+
+def check_security(pod: dict[str, Any], worker: dict[str, Any]) -> list[str]:
     sc = worker.get("securityContext", {})
     psc = pod.get("securityContext", {})
     wanted = {
@@ -103,7 +106,7 @@ def check_deployment(dep: dict[str, Any]) -> list[str]:
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
     }
-    problems += [
+    problems = [
         f"container securityContext.{key} must be {value}"
         for key, value in wanted.items()
         if sc.get(key) != value
@@ -115,26 +118,37 @@ def check_deployment(dep: dict[str, Any]) -> list[str]:
         problems.append("seccompProfile must be RuntimeDefault")
     if (sc.get("runAsUser") or psc.get("runAsUser")) == 0:
         problems.append("must not run as uid 0")
+    return problems
 
+
+def check_mounts_and_probes(pod: dict[str, Any], worker: dict[str, Any]) -> list[str]:
+    problems = []
     mounts = {m["mountPath"]: m["name"] for m in worker.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
-        problems.append("/tmp must be an emptyDir mount (the root filesystem is read-only)")
-    cafile = env.get("KAFKA_SSL_CAFILE", {}).get("value")
+    if "emptyDir" not in volumes.get(mounts.get(WRITABLE, ""), {}):
+        problems.append(f"{WRITABLE} must be an emptyDir mount (the root filesystem is read-only)")
+    cafile = env_of(worker).get("KAFKA_SSL_CAFILE", {}).get("value")
     if cafile and not any(cafile.startswith(path + "/") for path in mounts):
         problems.append(f"KAFKA_SSL_CAFILE {cafile} is not under any volume mount")
-
-    for probe, path in (
-        ("livenessProbe", "/healthz"),
-        ("readinessProbe", "/readyz"),
-        ("startupProbe", "/healthz"),
-    ):
+    for probe, path in PROBES.items():
         got = worker.get(probe, {}).get("httpGet", {}).get("path")
         if got != path:
             problems.append(f"{probe} must GET {path}, not {got}")
     if worker.get("args") != ["run"]:
         problems.append(f'worker args must be ["run"], not {worker.get("args")}')
     return problems
+
+
+def check_deployment(dep: dict[str, Any]) -> list[str]:
+    pod = dep["spec"]["template"]["spec"]
+    workers = [c for c in pod["containers"] if c["name"] == "worker"]
+    if len(workers) != 1:
+        return ["Deployment: expected exactly one container named worker"]
+    return (
+        check_env(pod, workers[0])
+        + check_security(pod, workers[0])
+        + check_mounts_and_probes(pod, workers[0])
+    )
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -164,9 +178,13 @@ def check_references(docs: list[dict[str, Any]], dep: dict[str, Any]) -> list[st
         ):
             problems.append(f"{name_of(doc)} selects no worker pod")
         if kind == "ScaledObject":
-            auth = [t["authenticationRef"]["name"] for t in spec["triggers"] if "authenticationRef" in t]
+            refs = {
+                t["authenticationRef"]["name"] for t in spec["triggers"] if "authenticationRef" in t
+            }
             known = {d["metadata"]["name"] for d in docs if d["kind"] == "TriggerAuthentication"}
-            problems += [f"{name_of(doc)} refers to missing TriggerAuthentication {a}" for a in auth if a not in known]
+            problems += [
+                f"{name_of(doc)} refers to missing TriggerAuthentication {r}" for r in refs - known
+            ]
     return problems
 
 

@@ -24,7 +24,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from consumer import payload, render
+from consumer import payload
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
@@ -110,7 +110,6 @@ def expected_bodies(events: Iterable[dict[str, Any]], tmp: Path) -> dict[str, pa
     )
     assert result.returncode == 0, result.stderr.decode()
     bodies = [payload.decode(line) for line in result.stdout.splitlines() if line.strip()]
-    assert render is not None
     return {b.id: b for b in bodies}
 
 
@@ -173,7 +172,9 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | N
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await reader.start()
     try:
+        await reader._client.force_metadata_update()  # noqa: SLF001 - learn the topic's partitions.
         partitions = sorted(reader.partitions_for_topic(topic) or set())
+        assert partitions, f"topic {topic} has no partitions"
         return {p: await reader.committed(TopicPartition(topic, p)) for p in partitions}
     finally:
         await reader.stop()

@@ -207,6 +207,22 @@ async def test_a_broker_that_cannot_start_says_why():
     assert not cluster.data_dir.exists()
 
 
+async def test_a_port_taken_before_the_broker_binds_it_is_chosen_again(topic_name):
+    cluster = KafkaCluster(1)
+    chosen = cluster.nodes[0].port
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", chosen))
+        thief.listen()
+        await asyncio.to_thread(cluster.start)
+    try:
+        assert cluster.nodes[0].port != chosen
+        await make_topic(cluster.bootstrap_servers, 1, name=topic_name)
+        await produce(cluster.bootstrap_servers, topic_name, [b"moved"])
+        assert await read_all(cluster.bootstrap_servers, topic_name, 1) == [b"moved"]
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
 def test_complete_cache_is_reused_without_maven(tmp_path, monkeypatch):
     libs = localkafka.libs_dir("4.4.0", tmp_path)
     libs.mkdir(parents=True)

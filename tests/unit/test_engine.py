@@ -479,6 +479,7 @@ def test_late_continuation_after_retention_is_refused_not_sent():
     assert len(decisions) == 1
     refusal = decisions[0]
     assert isinstance(refusal, Refusal)
+    assert refusal.reason == "history_expired"
     assert refusal.acknowledged_count == 2
     assert refusal.message_count == 4
     assert refusal.seq == flush.seq + 1
@@ -496,6 +497,19 @@ def test_flush_with_fewer_messages_than_acknowledged_is_refused():
     refusal = engine.flush_open(Trigger.SHUTDOWN, 0.0)[0]
     assert isinstance(refusal, Refusal)
     assert (refusal.message_count, refusal.acknowledged_count) == (2, 5)
+    assert refusal.reason == "fewer_messages"
+
+
+def test_a_conversation_that_cannot_be_cut_to_fit_is_refused():
+    run = Run(EngineConfig(max_body_bytes=2_000))
+    run.feed(completion("c", [user(str(i)) for i in range(100)], history="delta"))
+    decisions = run.engine.flush_open(Trigger.SHUTDOWN, run.now)
+    assert len(decisions) == 1
+    refusal = decisions[0]
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason == "too_large"
+    assert len(body(refusal)["messages"]) == 100
+    assert run.engine.in_flight_count == 0
 
 
 def test_marker_replaces_state_after_retention_and_goes_after_thirty_times_that():
@@ -868,7 +882,7 @@ def test_message_ids_are_the_same_in_a_separate_run_of_the_same_events():
     two.feed(*script)
     ids = [m["id"] for m in one.final()["messages"]]
     assert ids == [m["id"] for m in two.final()["messages"]]
-    assert ids[0] == state.message_id("c", 0)
+    assert ids == [f"{state.message_id_prefix('c')}{ordinal}" for ordinal in range(4)]
     assert len(set(ids)) == 4
 
 
