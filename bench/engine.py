@@ -30,7 +30,7 @@ from consumer.events import decode_event  # noqa: E402
 
 def run(
     records: list[tuple[bytes, bytes]], partitions: int, checkpoint_every: int
-) -> dict[str, float]:
+) -> list[PartitionEngine]:
     engines = [PartitionEngine(EngineConfig()) for _ in range(partitions)]
     spent = dict.fromkeys(("decode", "apply", "acknowledge", "checkpoint"), 0.0)
     flushes = body_bytes = state_bytes = state_records = 0
@@ -68,7 +68,12 @@ def run(
         print(f"  {step:<12} {seconds / count * 1e6:7.1f} us/event")
     total = sum(spent.values())
     print(f"  {'total':<12} {total / count * 1e6:7.1f} us/event = {count / total:,.0f} events/s")
-    return spent
+    return engines
+
+
+def rss_kb() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])
 
 
 def main() -> None:
@@ -83,7 +88,14 @@ def main() -> None:
     per = sum(1 for _ in workload.generate(400, args.seed + 1, shape=shape)) / 400
     records = list(workload.generate(round(args.events / per), args.seed, shape=shape))
     if not args.profile:
-        run(records, args.partitions, args.checkpoint_every)
+        before = rss_kb()
+        engines = run(records, args.partitions, args.checkpoint_every)
+        grown = (rss_kb() - before) / 1024
+        held = sum(engine.conversation_count for engine in engines)
+        print(
+            f"  RSS grew {grown:,.0f} MB holding {held:,} conversations (completed ones kept for "
+            f"continuations): {grown / max(held, 1) * 100_000:,.0f} MB per 100k"
+        )
         return
     profiler = cProfile.Profile()
     profiler.runcall(run, records, args.partitions, args.checkpoint_every)

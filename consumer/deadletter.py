@@ -26,7 +26,7 @@ def _source(topic: str, partition: int, offset: int | None) -> list[tuple[str, b
     return headers
 
 
-def invalid_record(
+def invalid_record(  # noqa: PLR0913 - keyword-only: each names a header.
     *,
     key: bytes | None,
     value: bytes | None,
@@ -42,7 +42,7 @@ def invalid_record(
     return DeadLetter(key, value or b"", headers)
 
 
-def conversation(
+def conversation(  # noqa: PLR0913 - keyword-only: each names a header.
     *,
     conversation_id: str,
     body: bytes,

@@ -38,9 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--conversations", type=int, default=40, help="how many to produce (40)")
     p.add_argument("--rate", type=float, default=25.0, help="events per second (25)")
     p.add_argument("--partitions", type=int, default=3, help="input topic partitions (3)")
-    p.add_argument("--idle-timeout", type=float, default=5.0, help="seconds before an idle conversation is complete (5)")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=5.0,
+        help="seconds before an idle conversation is complete (5)",
+    )
     p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--http-port", type=int, default=8080, help="worker's health/metrics port (8080)")
+    p.add_argument(
+        "--http-port", type=int, default=8080, help="worker's health/metrics port (8080)"
+    )
     p.add_argument("--log-format", choices=["console", "json"], default="console")
     return p
 
@@ -100,7 +107,7 @@ async def _demo(args: argparse.Namespace, kafka: localkafka.KafkaCluster) -> int
             await producing
     await server.stop()
     await emulator.stop()
-    _summary(emulator, record, args.conversations, done)
+    _summary(emulator, record, args.conversations, done=done)
     return code
 
 
@@ -122,7 +129,7 @@ async def _wait(
     return False
 
 
-def _summary(emulator: Emulator, record: Path, expected: int, done: bool) -> None:
+def _summary(emulator: Emulator, record: Path, expected: int, *, done: bool) -> None:
     conversations = list(emulator.conversations.values())
     messages = sum(len(c.messages) for c in conversations)
     _say(
@@ -133,8 +140,10 @@ def _summary(emulator: Emulator, record: Path, expected: int, done: bool) -> Non
         first = max(conversations, key=lambda c: len(c.messages))
         print(f"   the longest one, {first.id}:", file=sys.stderr)  # noqa: T201
         for m in first.messages:
-            text = m.content if isinstance(m.content, str) else " ".join(
-                p.text or f"[{p.type}]" for p in m.content
+            text = (
+                m.content
+                if isinstance(m.content, str)
+                else " ".join(p.text or f"[{p.type}]" for p in m.content)
             )
             calls = f" (+{len(m.tool_calls)} tool calls)" if m.tool_calls else ""
             print(f"     {m.role:>9}: {text[:90]!s}{calls}", file=sys.stderr)  # noqa: T201

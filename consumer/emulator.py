@@ -112,7 +112,7 @@ class RequestLog:
     path: str = "/conversations"
 
 
-class Refused(Exception):  # noqa: N818 - an answer, not a failure of the emulator.
+class Refused(Exception):
     """A request the emulator does not take: the status and reason it answers with."""
 
     def __init__(

@@ -39,10 +39,19 @@ class Trigger(enum.StrEnum):
 _COMPLETING = frozenset((Trigger.ENDED, Trigger.IDLE, Trigger.MEMORY))
 """Triggers after which the conversation is complete (until a continuation)."""
 
-_RANK = {trigger: rank for rank, trigger in enumerate(
-    (Trigger.MAX_OPEN, Trigger.REVOKE, Trigger.SHUTDOWN, Trigger.MEMORY, Trigger.IDLE,
-     Trigger.ENDED)
-)}
+_RANK = {
+    trigger: rank
+    for rank, trigger in enumerate(
+        (
+            Trigger.MAX_OPEN,
+            Trigger.REVOKE,
+            Trigger.SHUTDOWN,
+            Trigger.MEMORY,
+            Trigger.IDLE,
+            Trigger.ENDED,
+        )
+    )
+}
 """Which trigger names a flush that several became due for while one was in flight."""
 
 MARKER_LIFETIME = 30
@@ -166,7 +175,10 @@ class PartitionEngine:
         elif record.complete:
             blob = value if value[:1] == b"Z" else state.encode_record(record, compress=True)
             self._done[cid] = _Done(
-                blob, record.completed_at or 0.0, record.last_offset, record.acked_count,
+                blob,
+                record.completed_at or 0.0,
+                record.last_offset,
+                record.acked_count,
                 record.seq,
             )
         else:
@@ -196,7 +208,8 @@ class PartitionEngine:
         for conv in by_activity:
             if conv.in_flight or conv.pending is not None:
                 trigger = Trigger(conv.pending or conv.in_flight_trigger or Trigger.SHUTDOWN)
-                conv.in_flight = 0
+                conv.in_flight = conv.in_flight_count = 0
+                conv.in_flight_trigger = None
                 conv.dirty = True
                 decisions += self._issue(conv, trigger, now)
         return decisions
@@ -314,8 +327,12 @@ class PartitionEngine:
                 return None
             del self._markers[cid]
             conv = state.ConversationState(
-                id=cid, opened_at=now, last_event_at=now, seq=marker.seq,
-                acked_count=marker.acked_count, partial=marker.acked_count > 0,
+                id=cid,
+                opened_at=now,
+                last_event_at=now,
+                seq=marker.seq,
+                acked_count=marker.acked_count,
+                partial=marker.acked_count > 0,
             )
         else:
             conv = state.ConversationState(id=cid, opened_at=now, last_event_at=now)
@@ -323,7 +340,11 @@ class PartitionEngine:
         return conv
 
     def _touch(
-        self, conv: state.ConversationState, event: events.Event, key: int, offset: int,
+        self,
+        conv: state.ConversationState,
+        event: events.Event,
+        key: int,
+        offset: int,
         now: float,
     ) -> None:
         """What every applied event changes, whatever its type."""
@@ -365,9 +386,7 @@ class PartitionEngine:
             return []
         return self._issue(conv, trigger, now)
 
-    def _issue(
-        self, conv: state.ConversationState, trigger: Trigger, now: float
-    ) -> list[Decision]:
+    def _issue(self, conv: state.ConversationState, trigger: Trigger, now: float) -> list[Decision]:
         cid = conv.id
         conv.dirty = False
         conv.pending = None
@@ -394,14 +413,26 @@ class PartitionEngine:
                 conv.in_flight_count = count
                 conv.last_flush_at = now
                 self._held[cid] = None
-                return [Flush(
-                    conversation_id=cid, seq=conv.seq, trigger=trigger, body=body,
-                    conversation=cut, message_count=count, truncated=truncated,
-                    original=payload.encode(whole) if truncated else None, created=now,
-                )]
+                return [
+                    Flush(
+                        conversation_id=cid,
+                        seq=conv.seq,
+                        trigger=trigger,
+                        body=body,
+                        conversation=cut,
+                        message_count=count,
+                        truncated=truncated,
+                        original=payload.encode(whole) if truncated else None,
+                        created=now,
+                    )
+                ]
         refusal = Refusal(
-            conversation_id=cid, seq=conv.seq, body=payload.encode(whole), message_count=count,
-            acknowledged_count=conv.acked_count, reason=reason,
+            conversation_id=cid,
+            seq=conv.seq,
+            body=payload.encode(whole),
+            message_count=count,
+            acknowledged_count=conv.acked_count,
+            reason=reason,
         )
         conv.unacked_from = None
         if conv.closing:
@@ -433,7 +464,10 @@ class PartitionEngine:
         conv.closing = False
         conv.completed_at = now
         self._done[cid] = _Done(
-            state.encode_record(conv, compress=True), now, conv.last_offset, conv.acked_count,
+            state.encode_record(conv, compress=True),
+            now,
+            conv.last_offset,
+            conv.acked_count,
             conv.seq,
         )
         del self._open[cid]
@@ -485,7 +519,10 @@ class PartitionEngine:
                 break
             del self._done[cid]
             self._markers[cid] = state.Marker(
-                id=cid, acked_count=done.acked_count, seq=done.seq, last_offset=done.last_offset,
+                id=cid,
+                acked_count=done.acked_count,
+                seq=done.seq,
+                last_offset=done.last_offset,
                 marked_at=now,
             )
             self._changed[cid] = None

@@ -22,7 +22,7 @@ class ConfigError(ConsumerError):
         self.problem = problem
 
 
-class InvalidEvent(ConsumerError):  # noqa: N818 - the name says what the record is.
+class InvalidEvent(ConsumerError):
     """A record breaks the input contract; it goes to the dead-letter topic.
 
     `kind` is a short stable code for headers and metrics (`not_json`, `schema`,

@@ -825,4 +825,3 @@ def _signals_set(stop: threading.Event) -> Iterator[None]:
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)  # noqa: T201 - the command talks to its user.
-

@@ -39,9 +39,7 @@ class ToolCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     type: Literal["function"] = "function"
 
 
-class OutMessage(
-    msgspec.Struct, omit_defaults=True, rename="camel", forbid_unknown_fields=True
-):
+class OutMessage(msgspec.Struct, omit_defaults=True, rename="camel", forbid_unknown_fields=True):
     """One logged message. `id` is stable across flushes, replays and restarts."""
 
     id: str
@@ -59,9 +57,7 @@ class OutMessage(
     user_properties: dict[str, Any] | None = None
 
 
-class Conversation(
-    msgspec.Struct, omit_defaults=True, rename="camel", forbid_unknown_fields=True
-):
+class Conversation(msgspec.Struct, omit_defaults=True, rename="camel", forbid_unknown_fields=True):
     """`CreateOpenAIConversation`: the whole conversation, replacing what the API has."""
 
     id: str

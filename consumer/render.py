@@ -56,7 +56,9 @@ def render(source: BinaryIO, out: BinaryIO, errors: TextIO) -> int:
 
 
 def _settle(
-    engine: PartitionEngine, decisions: list[Decision], bodies: dict[str, bytes | None],
+    engine: PartitionEngine,
+    decisions: list[Decision],
+    bodies: dict[str, bytes | None],
     errors: TextIO,
 ) -> None:
     while decisions:

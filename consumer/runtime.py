@@ -22,7 +22,7 @@ from consumer import deadletter, metrics
 from consumer.deadletter import DeadLetter
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Refusal, Trigger
 from consumer.errors import InvalidEvent
-from consumer.events import decode_event
+from consumer.events import ChatCompletion, ConversationEnded, decode_event
 from consumer.health import Health, HealthServer
 from consumer.logs import configure as configure_logs
 from consumer.settings import Settings
@@ -36,11 +36,23 @@ TICK_SECONDS = 1.0
 SHUTDOWN_RESERVE_SECONDS = 5.0
 """Part of the grace period kept for writing state and committing after the last flush."""
 
+REFUSALS = {
+    "fewer_messages": (
+        "not sent: {d.message_count} messages, but the API already holds {d.acknowledged_count} "
+        "for this conversation and an upsert would replace them"
+    ),
+    "history_expired": (
+        "not sent: the conversation continued after its earlier history left the state topic "
+        "(CONVERSATION_STATE_RETENTION_SECONDS); an upsert would replace the logged history"
+    ),
+    "too_large": "not sent: cannot be cut to fit the API's body limit",
+}
+
 
 class _Partition:
     """One assigned input partition: its engine, its position and its flushes in flight."""
 
-    __slots__ = ("committed", "engine", "position", "tasks", "tp")
+    __slots__ = ("catch_up", "committed", "duplicates", "engine", "position", "tasks", "tp")
 
     def __init__(self, tp: TopicPartition, engine: PartitionEngine, committed: int | None) -> None:
         self.tp = tp
@@ -48,6 +60,9 @@ class _Partition:
         self.position: int | None = None
         self.committed = committed
         self.tasks: dict[asyncio.Task[Delivery], Flush] = {}
+        self.catch_up: int | None = None
+        """End offset at assignment: restored flushes wait until the replay reaches it."""
+        self.duplicates = 0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -152,6 +167,7 @@ class Worker:
                 for record in records:
                     self._handle(part, record, now)
                 metrics.records_consumed.labels(tp.topic, str(tp.partition)).inc(len(records))
+            await self._finish_catch_up(now)
             self._collect(now)
             if now >= self._next_tick:
                 self._tick(now)
@@ -162,19 +178,33 @@ class Worker:
                 self._next_checkpoint = now + self.settings.commit_interval_seconds
         self.health.beat()
 
+    async def _finish_catch_up(self, now: float) -> None:
+        """Issues restored flushes of partitions whose replay reached the end seen at assignment."""
+        assert self._consumer is not None
+        for part in self._parts.values():
+            if (
+                part.catch_up is not None
+                and await self._consumer.position(part.tp) >= part.catch_up
+            ):
+                part.catch_up = None
+                self._dispatch(part, part.engine.restored(now))
+
+    def _decode(self, value: bytes | None) -> ChatCompletion | ConversationEnded:
+        if value is None:
+            raise InvalidEvent("empty", "the record has no value")
+        if len(value) > self.settings.max_record_bytes:
+            raise InvalidEvent(
+                "too_large",
+                f"the record is {len(value)} bytes, over {self.settings.max_record_bytes}",
+            )
+        return decode_event(value)
+
     def _handle(self, part: _Partition, record: Any, now: float) -> None:
         """One input record: into the engine, or to the dead-letter topic. Never raises."""
         part.position = record.offset + 1
         value: bytes | None = record.value
         try:
-            if value is None:
-                raise InvalidEvent("empty", "the record has no value")
-            if len(value) > self.settings.max_record_bytes:
-                raise InvalidEvent(
-                    "too_large",
-                    f"the record is {len(value)} bytes, over {self.settings.max_record_bytes}",
-                )
-            event = decode_event(value)
+            event = self._decode(value)
         except InvalidEvent as exc:
             metrics.records_invalid.labels(exc.kind).inc()
             log.warning(
@@ -216,10 +246,11 @@ class Worker:
             if isinstance(decision, Refusal):
                 metrics.flushes_refused.inc()
                 log.error(
-                    "flush_refused_partial_history",
+                    "flush_refused",
+                    reason=decision.reason,
                     conversation_id=decision.conversation_id,
                     message_count=decision.message_count,
-                    acknowledged_messages=decision.acknowledged_count,
+                    acknowledged_count=decision.acknowledged_count,
                     partition=part.tp.partition,
                 )
                 self._dead_letter(
@@ -227,16 +258,13 @@ class Worker:
                     deadletter.conversation(
                         conversation_id=decision.conversation_id,
                         body=decision.body,
-                        kind="partial_history",
-                        reason=(
-                            f"flush of {decision.message_count} messages refused: the API already "
-                            f"holds {decision.acknowledged_count}"
-                        ),
+                        kind=decision.reason,
+                        reason=REFUSALS.get(decision.reason, decision.reason).format(d=decision),
                         topic=part.tp.topic,
                         partition=part.tp.partition,
                     ),
                     what="conversation",
-                    reason="partial_history",
+                    reason=decision.reason,
                 )
                 continue
             assert self._sink is not None
@@ -288,7 +316,11 @@ class Worker:
                 )
             self._dispatch(part, part.engine.acknowledged(flush.conversation_id, flush.seq, now))
             return
-        log.error("conversation_rejected", answer=delivery.answer[:500].decode(errors="replace"), **context)
+        log.error(
+            "conversation_rejected",
+            answer=delivery.answer[:500].decode(errors="replace"),
+            **context,
+        )
         self._dead_letter(
             part,
             deadletter.conversation(
@@ -340,6 +372,9 @@ class Worker:
                 self._dispatch(part, part.engine.shed(count, now))
                 excess -= count
         metrics.open_conversations.set(sum(p.engine.open_count for p in self._parts.values()))
+        for part in self._parts.values():
+            metrics.events_duplicate.inc(part.engine.duplicates - part.duplicates)
+            part.duplicates = part.engine.duplicates
         assert self._consumer is not None
         for part in self._parts.values():
             highwater = self._consumer.highwater(part.tp)
@@ -350,7 +385,8 @@ class Worker:
 
     def _backpressure(self) -> None:
         """Pauses fetching while the API is refusing the key or too much is in flight."""
-        assert self._consumer is not None and self._sink is not None
+        assert self._consumer is not None
+        assert self._sink is not None
         pending = sum(len(p.tasks) for p in self._parts.values())
         metrics.pending_flushes.set(pending)
         limit = self.settings.max_pending_flushes
@@ -391,7 +427,8 @@ class Worker:
         A committed offset therefore never covers an event whose effect exists
         only in this process.
         """
-        assert self._producer is not None and self._consumer is not None
+        assert self._producer is not None
+        assert self._consumer is not None
         await self._send_dead_letters()
         offsets: dict[TopicPartition, int] = {}
         written = 0
@@ -427,11 +464,15 @@ class Worker:
             remaining = deadline - loop.time()
             if not tasks or remaining <= 0:
                 return
-            await asyncio.wait(tasks, timeout=min(remaining, 0.5), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                tasks, timeout=min(remaining, 0.5), return_when=asyncio.FIRST_COMPLETED
+            )
             self._collect(self._clock())
             await self._send_dead_letters()
 
-    async def _close_partitions(self, parts: list[_Partition], trigger: Trigger, budget: float) -> None:
+    async def _close_partitions(
+        self, parts: list[_Partition], trigger: Trigger, budget: float
+    ) -> None:
         """Interim-flushes, drains, writes state and commits; then forgets the partitions.
 
         A flush still unanswered when the budget runs out is cancelled: its
@@ -468,7 +509,7 @@ class Worker:
             self.health.set_assigned(True)
 
     async def assign(self, assigned: list[TopicPartition]) -> None:
-        """Restores the assigned partitions' conversations before any of their records is handled."""
+        """Restores the assigned partitions' conversations before any of their records is read."""
         assert self._consumer is not None
         async with self._lock:
             new = [tp for tp in assigned if tp not in self._parts]
@@ -482,11 +523,17 @@ class Worker:
                 sorted(engines),
                 lambda partition, key, value: engines[partition].restore(key, value, now),
             )
+            ends = await self._consumer.end_offsets(new) if new else {}
             for tp in new:
                 committed = await self._consumer.committed(tp)
                 part = _Partition(tp, engines[tp.partition], committed)
                 self._parts[tp] = part
-                self._dispatch(part, part.engine.restored(now))
+                if (committed or 0) >= ends[tp]:
+                    self._dispatch(part, part.engine.restored(now))
+                else:
+                    # Restored state may predate what a lost owner already sent; re-sending it
+                    # before the replay catches up could briefly replace a longer history.
+                    part.catch_up = ends[tp]
             log.info(
                 "partitions_assigned",
                 partitions=sorted(tp.partition for tp in assigned),

@@ -148,8 +148,14 @@ def fingerprint(message: events.Message) -> int:
             content = "".join(part.text or "" for part in content)
         else:
             content = [
-                (p.type, p.text, p.image_url and (p.image_url.url, p.image_url.detail),
-                 p.refusal, p.input_audio, p.file)
+                (
+                    p.type,
+                    p.text,
+                    p.image_url and (p.image_url.url, p.image_url.detail),
+                    p.refusal,
+                    p.input_audio,
+                    p.file,
+                )
                 for p in content
             ]
     calls = message.tool_calls
@@ -158,8 +164,12 @@ def fingerprint(message: events.Message) -> int:
         "system" if message.role == "developer" else message.role,
         content,
         message.name,
-        [(c.id, c.type, c.function and (c.function.name, c.function.arguments), c.custom)
-         for c in calls] if calls else None,
+        [
+            (c.id, c.type, c.function and (c.function.name, c.function.arguments), c.custom)
+            for c in calls
+        ]
+        if calls
+        else None,
         message.tool_call_id,
         (legacy.name, legacy.arguments) if legacy is not None else None,
     )
@@ -252,15 +262,21 @@ def _aligned_tail(
             continue
         for start in range(min(front, stop - 1) + 1):
             length = stop - start
-            if length <= end and marks[start:stop] == known[end - length:]:
+            if length <= end and marks[start:stop] == known[end - length :]:
                 return start, stop
     return None
 
 
 def merge_meta(meta: Meta, update: events.ConversationMeta) -> None:
     """Later values replace earlier ones; properties merge key by key; tags are a union."""
-    for field in ("external_id", "external_url", "project_id", "integration_id",
-                  "support_ticket_conversation_id", "visibility"):
+    for field in (
+        "external_id",
+        "external_url",
+        "project_id",
+        "integration_id",
+        "support_ticket_conversation_id",
+        "visibility",
+    ):
         value = getattr(update, field)
         if value is not None:
             setattr(meta, field, value)
@@ -303,7 +319,9 @@ def to_payload(state: ConversationState) -> payload.Conversation:
             target = target or last_assistant or (out[-1] if out else None)
             if target is None:
                 target = payload.OutMessage(
-                    id=f"{prefix}{ordinal}", role="system", content=label,
+                    id=f"{prefix}{ordinal}",
+                    role="system",
+                    content=label,
                     created_at=entry.created_at,
                 )
                 out.append(target)
@@ -315,9 +333,13 @@ def to_payload(state: ConversationState) -> payload.Conversation:
             continue
         role = "system" if entry.role == "developer" else entry.role
         message = payload.OutMessage(
-            id=f"{prefix}{ordinal}", role=role,  # type: ignore[arg-type]
-            content=entry.content, created_at=entry.created_at, name=entry.name,
-            tool_calls=entry.tool_calls, properties=entry.properties,
+            id=f"{prefix}{ordinal}",
+            role=role,  # type: ignore[arg-type]
+            content=entry.content,
+            created_at=entry.created_at,
+            name=entry.name,
+            tool_calls=entry.tool_calls,
+            properties=entry.properties,
         )
         out.append(message)
         if role == "assistant":
@@ -329,12 +351,19 @@ def to_payload(state: ConversationState) -> payload.Conversation:
                 by_function[legacy["name"]] = message
     meta = state.meta
     return payload.Conversation(
-        id=state.id, type="openai", messages=out,
-        created_at=state.created_at, updated_at=state.updated_at,
-        external_id=meta.external_id, external_url=meta.external_url,
-        project_id=meta.project_id, integration_id=meta.integration_id,
+        id=state.id,
+        type="openai",
+        messages=out,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        external_id=meta.external_id,
+        external_url=meta.external_url,
+        project_id=meta.project_id,
+        integration_id=meta.integration_id,
         support_ticket_conversation_id=meta.support_ticket_conversation_id,
-        properties=meta.properties, user_properties=meta.user_properties, tags=meta.tags,
+        properties=meta.properties,
+        user_properties=meta.user_properties,
+        tags=meta.tags,
         visibility=meta.visibility,  # type: ignore[arg-type]
     )
 
@@ -356,7 +385,8 @@ def _append(
             content = message.refusal
     if message.function_call is not None:
         properties["function_call"] = {
-            "name": message.function_call.name, "arguments": message.function_call.arguments,
+            "name": message.function_call.name,
+            "arguments": message.function_call.arguments,
         }
     calls: list[payload.ToolCall] | None = None
     if message.tool_calls:
@@ -365,10 +395,17 @@ def _append(
             calls.append(_tool_call(call))
             if call.function is None or call.type != "function":
                 properties.setdefault("tool_call_types", {})[call.id] = call.type
-    state.entries.append(Entry(
-        role=message.role, content=content, created_at=created, name=message.name,
-        tool_calls=calls, tool_call_id=message.tool_call_id, properties=properties or None,
-    ))
+    state.entries.append(
+        Entry(
+            role=message.role,
+            content=content,
+            created_at=created,
+            name=message.name,
+            tool_calls=calls,
+            tool_call_id=message.tool_call_id,
+            properties=properties or None,
+        )
+    )
     state.fingerprints.append(mark)
 
 

@@ -56,7 +56,9 @@ async def ensure_topics(
             raise ConfigError("KAFKA_TOPIC", f"topic {input_topic!r} does not exist on the cluster")
         described = {
             t["topic"]: t
-            for t in await admin.describe_topics([n for n in (input_topic, state_topic) if n in existing])
+            for t in await admin.describe_topics(
+                [n for n in (input_topic, state_topic) if n in existing]
+            )
         }
         partitions = len(described[input_topic]["partitions"])
         if replication_factor < 1:  # Not set: as durable as the input itself.
@@ -65,7 +67,7 @@ async def ensure_topics(
             raise ConfigError(
                 "KAFKA_STATE_TOPIC",
                 f"{state_topic!r} has {len(described[state_topic]['partitions'])} partitions but "
-                f"{input_topic!r} has {partitions}; the state topic must be co-partitioned with the input",
+                f"{input_topic!r} has {partitions}; the two must be co-partitioned",
             )
         wanted = {state_topic: STATE_TOPIC_CONFIG, dlq_topic: DLQ_TOPIC_CONFIG}
         missing = [

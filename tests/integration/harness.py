@@ -52,7 +52,10 @@ def conversation(
     out: list[dict[str, Any]] = []
     for turn in range(start, start + turns):
         user = {"role": "user", "content": f"[{cid}] question {turn}: how do I do thing {turn}?"}
-        reply = {"role": "assistant", "content": f"[{cid}] answer {turn}: open settings, then {turn}."}
+        reply = {
+            "role": "assistant",
+            "content": f"[{cid}] answer {turn}: open settings, then {turn}.",
+        }
         sent = [*known, user] if history == "full" else ([system, user] if turn == 0 else [user])
         when = EPOCH + timedelta(minutes=minute, seconds=turn)
         out.append(
@@ -81,7 +84,9 @@ def conversation(
                 "event_id": f"{cid}-end{start + turns}",
                 "event_type": "conversation.ended",
                 "conversation_id": cid,
-                "occurred_at": (EPOCH + timedelta(minutes=minute, seconds=start + turns)).isoformat(),
+                "occurred_at": (
+                    EPOCH + timedelta(minutes=minute, seconds=start + turns)
+                ).isoformat(),
             }
         )
     return out
@@ -92,9 +97,7 @@ def interleave(conversations: Iterable[list[dict[str, Any]]]) -> list[dict[str, 
     lists = [list(c) for c in conversations]
     out: list[dict[str, Any]] = []
     while any(lists):
-        for events in lists:
-            if events:
-                out.append(events.pop(0))
+        out.extend(events.pop(0) for events in lists if events)
     return out
 
 
@@ -150,7 +153,7 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[An
     try:
         partitions = reader.partitions_for_topic(topic) or set()
         if not partitions:
-            await reader._client.force_metadata_update()  # noqa: SLF001 - a fresh topic.
+            await reader._client.force_metadata_update()
             partitions = reader.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         reader.assign(tps)
@@ -159,7 +162,8 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[An
         out: list[Any] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(await reader.position(tp) >= ends[tp] for tp in tps):
+            positions = [await reader.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
                 break
             for records in (await reader.getmany(timeout_ms=200)).values():
                 out.extend(records)
@@ -172,7 +176,7 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | N
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await reader.start()
     try:
-        await reader._client.force_metadata_update()  # noqa: SLF001 - learn the topic's partitions.
+        await reader._client.force_metadata_update()
         partitions = sorted(reader.partitions_for_topic(topic) or set())
         assert partitions, f"topic {topic} has no partitions"
         return {p: await reader.committed(TopicPartition(topic, p)) for p in partitions}

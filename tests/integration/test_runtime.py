@@ -1,4 +1,4 @@
-"""The worker's promises (behaviour.md 1–7) on a real broker, through the emulator.
+"""The worker's promises (behaviour.md 1 to 7) on a real broker, through the emulator.
 
 Each test drives `inkeep-consumer run` as a child process and checks the API's
 final state against the same events rendered offline by the engine: every
@@ -45,7 +45,9 @@ def history_only_grows(emulator: Emulator) -> None:
         body = payload.decode(raw)
         final = [m.id for m in emulator.conversations[body.id].messages]
         ids = [m.id for m in body.messages]
-        assert ids == final[: len(ids)], f"{body.id}: a flush carried a different or partial history"
+        assert ids == final[: len(ids)], (
+            f"{body.id}: a flush carried a different or partial history"
+        )
 
 
 async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversation]) -> bool:
@@ -80,8 +82,10 @@ async def test_every_conversation_logged_once_and_offsets_committed(
 ):
     topic, group = fresh("chat"), fresh("g")
     await create_topic(kafka.bootstrap_servers, topic, 3)
-    convs = [conversation(f"c{i}", 4, ended=i % 2 == 0, history="full" if i % 3 else "delta")
-             for i in range(24)]
+    convs = [
+        conversation(f"c{i}", 4, ended=i % 2 == 0, history="full" if i % 3 else "delta")
+        for i in range(24)
+    ]
     events = interleave(convs)
     await produce(kafka.bootstrap_servers, topic, events)
     expected = expected_bodies(events, tmp_path)
@@ -102,14 +106,17 @@ async def test_every_conversation_logged_once_and_offsets_committed(
 
 
 async def test_kill_9_at_any_moment_loses_and_doubles_nothing(kafka, emulator, workers, tmp_path):
-    """Promises 1–3 across kill -9: before a flush, after a flush before the commit, during restore."""
+    """Promises 1 to 3 across kill -9: before a flush, after a flush, during restore."""
     topic, group = fresh("chat"), fresh("g")
     await create_topic(kafka.bootstrap_servers, topic, 2)
     rng = random.Random(7)
     convs = [conversation(f"k{i}", rng.randint(2, 6), ended=rng.random() < 0.6) for i in range(30)]
     events = interleave(convs)
-    thirds = [events[: len(events) // 3], events[len(events) // 3 : 2 * len(events) // 3],
-              events[2 * len(events) // 3 :]]
+    thirds = [
+        events[: len(events) // 3],
+        events[len(events) // 3 : 2 * len(events) // 3],
+        events[2 * len(events) // 3 :],
+    ]
     expected = expected_bodies(events, tmp_path)
     worker = workers(kafka.bootstrap_servers, topic, emulator, group=group)
 
@@ -118,7 +125,8 @@ async def test_kill_9_at_any_moment_loses_and_doubles_nothing(kafka, emulator, w
     worker.start()
     await wait_for(
         lambda: any(line.get("event") == "partitions_assigned" for line in worker.logs()),
-        30, "assignment",
+        30,
+        "assignment",
     )
     worker.kill()
 
@@ -169,7 +177,9 @@ async def test_group_members_come_and_go(kafka, emulator, workers, tmp_path):
     await wait_for(lambda: all_logged(emulator, expected), 120, "every conversation logged")
     assert_matches(emulator.conversations, expected)
     history_only_grows(emulator)
-    revoked = [line for w in (a, b, c) for line in w.logs() if line.get("event") == "partitions_revoked"]
+    revoked = [
+        line for w in (a, b, c) for line in w.logs() if line.get("event") == "partitions_revoked"
+    ]
     assert revoked, "no member ever gave partitions up: the test did not rebalance"
 
 
@@ -195,7 +205,8 @@ async def test_continuation_after_ended_on_another_worker(kafka, emulator, worke
     assert_matches(emulator.conversations, expected)
     history_only_grows(emulator)
     restored = [line for line in b.logs() if line.get("event") == "partitions_assigned"]
-    assert restored and restored[0]["state_records"] >= 1
+    assert restored
+    assert restored[0]["state_records"] >= 1
 
 
 async def test_poison_records_are_dead_lettered_and_the_partition_goes_on(
@@ -240,18 +251,36 @@ async def test_poison_records_are_dead_lettered_and_the_partition_goes_on(
     assert sorted(int(dict(r.headers)["source.offset"]) for r in dead) == list(range(len(poison)))
 
 
-async def test_sigterm_mid_stream_exits_cleanly_and_loses_nothing(kafka, emulator, workers, tmp_path):
+async def test_sigterm_mid_stream_exits_cleanly_and_loses_nothing(
+    kafka, emulator, workers, tmp_path
+):
     topic, group = fresh("chat"), fresh("g")
     await create_topic(kafka.bootstrap_servers, topic, 2)
     convs = [conversation(f"t{i}", 4, ended=i % 2 == 0) for i in range(40)]
     events = interleave(convs)
     expected = expected_bodies(events, tmp_path)
     worker = workers(
-        kafka.bootstrap_servers, topic, emulator, group=group,
+        kafka.bootstrap_servers,
+        topic,
+        emulator,
+        group=group,
         extra={"CONVERSATION_IDLE_TIMEOUT_SECONDS": "300"},
     ).start()
     await produce(kafka.bootstrap_servers, topic, events[: len(events) // 2])
-    await wait_for(lambda: len(emulator.accepted) >= 2, 30, "some flushes")
+
+    async def consumed_some() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{worker.http_port}/metrics") as r,
+            ):
+                text = await r.text()
+        except aiohttp.ClientError:
+            return False
+        return "inkeep_consumer_open_conversations 40.0" in text
+
+    await wait_for(consumed_some, 30, "every conversation open in the worker")
+    assert not emulator.accepted, "nothing should be complete before the shutdown"
     emulator.faults.latency = 0.2
     code, seconds = await worker.terminate(timeout=20)
     assert code == 0
@@ -325,7 +354,9 @@ async def test_refused_key_pauses_fails_readiness_and_recovers(kafka, emulator, 
 
     await wait_for(ready, 20, "readiness back")
     lines = worker.logs()
-    auth_errors = [line for line in lines if line.get("level") == "error" and "401" in json.dumps(line)]
+    auth_errors = [
+        line for line in lines if line.get("level") == "error" and "401" in json.dumps(line)
+    ]
     assert len(auth_errors) == 1, f"expected one clear auth error, got {len(auth_errors)}"
     assert "test-key" not in worker.log_path.read_text()
 
@@ -364,26 +395,40 @@ async def test_slow_api_pauses_fetching_instead_of_growing(kafka, emulator, work
     expected = expected_bodies(events, tmp_path)
     emulator.faults.latency = 0.5
     worker = workers(
-        kafka.bootstrap_servers, topic, emulator, group=group,
-        extra={"MAX_PENDING_FLUSHES": "4", "INKEEP_MAX_CONCURRENCY": "2", "MAX_BUFFERED_RECORDS": "5"},
+        kafka.bootstrap_servers,
+        topic,
+        emulator,
+        group=group,
+        extra={
+            "MAX_PENDING_FLUSHES": "4",
+            "INKEEP_MAX_CONCURRENCY": "2",
+            "MAX_BUFFERED_RECORDS": "5",
+            # Only `conversation.ended` completes a conversation: each flush comes from a fetch.
+            "CONVERSATION_IDLE_TIMEOUT_SECONDS": "300",
+        },
     ).start()
     await produce(kafka.bootstrap_servers, topic, events)
     seen: list[float] = []
 
     async def watch() -> bool:
         try:
-            async with aiohttp.ClientSession() as session, session.get(
-                f"http://127.0.0.1:{worker.http_port}/metrics"
-            ) as r:
-                for line in (await r.text()).splitlines():
-                    if line.startswith("inkeep_consumer_pending_flushes "):
-                        seen.append(float(line.split()[1]))
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{worker.http_port}/metrics") as r,
+            ):
+                seen.extend(
+                    float(line.split()[1])
+                    for line in (await r.text()).splitlines()
+                    if line.startswith("inkeep_consumer_pending_flushes ")
+                )
         except aiohttp.ClientError:
             pass
         return await all_logged(emulator, expected)
 
     await wait_for(watch, 90, "every conversation logged", interval=0.1)
     paused = [line for line in worker.logs() if line.get("event") == "fetching_paused"]
-    assert paused and paused[0]["reason"] == "backpressure"
+    assert paused
+    assert paused[0]["reason"] == "backpressure"
     # In flight never exceeds the bound plus what one bounded fetch can add.
-    assert seen and max(seen) <= 4 + 5, f"pending flushes reached {max(seen)}"
+    assert seen
+    assert max(seen) <= 4 + 5, f"pending flushes reached {max(seen)}"

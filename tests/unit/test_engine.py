@@ -89,7 +89,8 @@ class Run:
     def final(self, conversation: str = "c") -> dict[str, Any]:
         """The body a shutdown flush sends, acknowledged."""
         flushes = [
-            d for d in self.engine.flush_open(Trigger.SHUTDOWN, self.now)
+            d
+            for d in self.engine.flush_open(Trigger.SHUTDOWN, self.now)
             if d.conversation_id == conversation
         ]
         assert len(flushes) == 1
@@ -123,13 +124,19 @@ def test_growing_full_history_logs_each_message_once():
         completion("c", [SYSTEM, user("a")], assistant("A")),
         completion("c", [SYSTEM, user("a"), assistant("A"), user("b")], assistant("B")),
         completion(
-            "c", [SYSTEM, user("a"), assistant("A"), user("b"), assistant("B"), user("c")],
+            "c",
+            [SYSTEM, user("a"), assistant("A"), user("b"), assistant("B"), user("c")],
             assistant("C"),
         ),
     )
     assert texts(run.final()) == [
-        ("system", SYSTEM["content"]), ("user", "a"), ("assistant", "A"), ("user", "b"),
-        ("assistant", "B"), ("user", "c"), ("assistant", "C"),
+        ("system", SYSTEM["content"]),
+        ("user", "a"),
+        ("assistant", "A"),
+        ("user", "b"),
+        ("assistant", "B"),
+        ("user", "c"),
+        ("assistant", "C"),
     ]
 
 
@@ -142,7 +149,15 @@ def test_front_trimmed_history_keeps_old_turns_once_and_in_order():
         completion("c", [SYSTEM, user("c"), assistant("C"), user("d")], assistant("D")),
     )
     assert [content for _, content in texts(run.final())] == [
-        SYSTEM["content"], "a", "A", "b", "B", "c", "C", "d", "D",
+        SYSTEM["content"],
+        "a",
+        "A",
+        "b",
+        "B",
+        "c",
+        "C",
+        "d",
+        "D",
     ]
 
 
@@ -155,7 +170,11 @@ def test_resent_event_under_a_new_event_id_adds_nothing():
         completion("c", first, assistant("A")),
     )
     assert [content for _, content in texts(run.final())] == [
-        SYSTEM["content"], "a", "A", "b", "B",
+        SYSTEM["content"],
+        "a",
+        "A",
+        "b",
+        "B",
     ]
 
 
@@ -166,7 +185,10 @@ def test_repeated_identical_user_turns_are_both_kept():
         completion("c", [user("hi"), assistant("Hello"), user("hi")], assistant("Hello")),
     )
     assert texts(run.final()) == [
-        ("user", "hi"), ("assistant", "Hello"), ("user", "hi"), ("assistant", "Hello"),
+        ("user", "hi"),
+        ("assistant", "Hello"),
+        ("user", "hi"),
+        ("assistant", "Hello"),
     ]
 
 
@@ -196,7 +218,13 @@ def test_edited_turn_keeps_both_branches_in_arrival_order():
         completion("c", [SYSTEM, user("a"), assistant("A"), user("b edited")], assistant("B2")),
     )
     assert [content for _, content in texts(run.final())] == [
-        SYSTEM["content"], "a", "A", "b", "B", "b edited", "B2",
+        SYSTEM["content"],
+        "a",
+        "A",
+        "b",
+        "B",
+        "b edited",
+        "B2",
     ]
 
 
@@ -208,7 +236,11 @@ def test_regenerated_reply_keeps_both_replies():
         completion("c", [user("a"), assistant("second try"), user("b")], assistant("B")),
     )
     assert [content for _, content in texts(run.final())] == [
-        "a", "first try", "second try", "b", "B",
+        "a",
+        "first try",
+        "second try",
+        "b",
+        "B",
     ]
 
 
@@ -217,12 +249,18 @@ def test_changing_system_prompt_does_not_duplicate_the_history():
     run.feed(
         completion("c", [{"role": "system", "content": "time 1"}, user("a")], assistant("A")),
         completion(
-            "c", [{"role": "system", "content": "time 2"}, user("a"), assistant("A"), user("b")],
+            "c",
+            [{"role": "system", "content": "time 2"}, user("a"), assistant("A"), user("b")],
             assistant("B"),
         ),
     )
     assert [content for _, content in texts(run.final())] == [
-        "time 1", "a", "A", "time 2", "b", "B",
+        "time 1",
+        "a",
+        "A",
+        "time 2",
+        "b",
+        "B",
     ]
 
 
@@ -234,7 +272,13 @@ def test_delta_events_append_their_messages_and_reply():
         completion("c", [user("b")], assistant("B"), history="delta"),
     )
     assert [content for _, content in texts(run.final())] == [
-        SYSTEM["content"], "a", "A", "b", "B", "b", "B",
+        SYSTEM["content"],
+        "a",
+        "A",
+        "b",
+        "B",
+        "b",
+        "B",
     ]
 
 
@@ -243,7 +287,8 @@ def test_reply_matches_its_resent_copy_in_normalised_form():
     run = Run()
     run.feed(
         completion(
-            "c", [{"role": "developer", "content": "rules"}, user("a")],
+            "c",
+            [{"role": "developer", "content": "rules"}, user("a")],
             assistant(None, tool_calls=[call]),
         ),
         completion(
@@ -259,7 +304,10 @@ def test_reply_matches_its_resent_copy_in_normalised_form():
     )
     document = run.final()
     assert texts(document) == [
-        ("system", "rules"), ("user", "a"), ("assistant", ""), ("assistant", "It is 42."),
+        ("system", "rules"),
+        ("user", "a"),
+        ("assistant", ""),
+        ("assistant", "It is 42."),
     ]
     assert document["messages"][2]["properties"]["tool_results"] == [
         {"tool_call_id": "call_1", "content": "42"},
@@ -401,7 +449,8 @@ def test_shed_completes_the_least_recently_active_first():
     run.feed(completion("old", [user("again")], history="delta"))
     decisions = run.engine.shed(2, run.now)
     assert [(d.conversation_id, d.trigger) for d in decisions if isinstance(d, Flush)] == [
-        ("middle", Trigger.MEMORY), ("new", Trigger.MEMORY),
+        ("middle", Trigger.MEMORY),
+        ("new", Trigger.MEMORY),
     ]
     for decision in decisions:
         run.engine.acknowledged(decision.conversation_id, decision.seq, run.now)
@@ -703,27 +752,58 @@ def test_tombstone_removes_restored_state():
 
 def test_mapping_of_roles_parts_and_reply_properties():
     run = Run()
-    event = events.decode_event(json.dumps({
-        "event_id": "e1", "event_type": "chat.completion", "conversation_id": "c",
-        "occurred_at": "2026-11-23T12:15:02.481+02:00",
-        "request": {"model": "gpt-4o", "messages": [
-            {"role": "developer", "content": "be brief"},
-            {"role": "user", "name": "ann", "content": [
-                {"type": "text", "text": "look"},
-                {"type": "image_url", "image_url": {"url": "https://x/cat.png"}},
-                {"type": "image_url", "image_url": {"url": "https://x/dog.png", "detail": "low"}},
-                {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
-                {"type": "file", "file": {"filename": "report.pdf", "file_data": "..."}},
-                {"type": "refusal", "refusal": "no"},
-                {"type": "video", "text": "clip"},
-            ]},
-        ]},
-        "response": {"id": "chatcmpl-1", "created": 1795428902, "model": "gpt-4o-2024-08-06",
-                     "choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": "Done."}}],
-                     "usage": {"total_tokens": 9}},
-        "latency_ms": 1840,
-    }).encode())
+    event = events.decode_event(
+        json.dumps(
+            {
+                "event_id": "e1",
+                "event_type": "chat.completion",
+                "conversation_id": "c",
+                "occurred_at": "2026-11-23T12:15:02.481+02:00",
+                "request": {
+                    "model": "gpt-4o",
+                    "messages": [
+                        {"role": "developer", "content": "be brief"},
+                        {
+                            "role": "user",
+                            "name": "ann",
+                            "content": [
+                                {"type": "text", "text": "look"},
+                                {"type": "image_url", "image_url": {"url": "https://x/cat.png"}},
+                                {
+                                    "type": "image_url",
+                                    "image_url": {"url": "https://x/dog.png", "detail": "low"},
+                                },
+                                {
+                                    "type": "input_audio",
+                                    "input_audio": {"data": "AAAA", "format": "wav"},
+                                },
+                                {
+                                    "type": "file",
+                                    "file": {"filename": "report.pdf", "file_data": "..."},
+                                },
+                                {"type": "refusal", "refusal": "no"},
+                                {"type": "video", "text": "clip"},
+                            ],
+                        },
+                    ],
+                },
+                "response": {
+                    "id": "chatcmpl-1",
+                    "created": 1795428902,
+                    "model": "gpt-4o-2024-08-06",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "Done."},
+                        }
+                    ],
+                    "usage": {"total_tokens": 9},
+                },
+                "latency_ms": 1840,
+            }
+        ).encode()
+    )
     run.feed(event)
     document = run.final()
     system, person, reply = document["messages"]
@@ -742,8 +822,11 @@ def test_mapping_of_roles_parts_and_reply_properties():
     ]
     assert reply["createdAt"] == "2026-11-23T10:15:02Z"
     assert reply["properties"] == {
-        "model": "gpt-4o-2024-08-06", "finish_reason": "stop", "usage": {"total_tokens": 9},
-        "completion_id": "chatcmpl-1", "latency_ms": 1840,
+        "model": "gpt-4o-2024-08-06",
+        "finish_reason": "stop",
+        "usage": {"total_tokens": 9},
+        "completion_id": "chatcmpl-1",
+        "latency_ms": 1840,
     }
     assert document["createdAt"] == document["updatedAt"] == "2026-11-23T10:15:02.481000Z"
     assert document["type"] == "openai"
@@ -758,16 +841,25 @@ def test_reply_properties_hold_only_what_is_present():
 
 def test_assistant_without_content_refusal_and_legacy_function_call():
     run = Run()
-    run.feed(completion("c", [
-        user("a"),
-        assistant(None, refusal="I can't help with that."),
-        assistant("partly", refusal="not all of it"),
-        assistant(None, function_call={"name": "lookup", "arguments": '{"q": 1}'}),
-        {"role": "function", "name": "lookup", "content": "found"},
-    ], history="delta"))
+    run.feed(
+        completion(
+            "c",
+            [
+                user("a"),
+                assistant(None, refusal="I can't help with that."),
+                assistant("partly", refusal="not all of it"),
+                assistant(None, function_call={"name": "lookup", "arguments": '{"q": 1}'}),
+                {"role": "function", "name": "lookup", "content": "found"},
+            ],
+            history="delta",
+        )
+    )
     messages = run.final()["messages"]
     assert [m["content"] for m in messages] == [
-        "a", "I can't help with that.", "partly", "",
+        "a",
+        "I can't help with that.",
+        "partly",
+        "",
     ]
     assert messages[1]["properties"] == {"refusal": "I can't help with that."}
     assert messages[2]["properties"] == {"refusal": "not all of it"}
@@ -783,14 +875,24 @@ def test_tool_results_go_to_the_assistant_that_called_them():
         {"id": "call_b", "type": "custom", "custom": {"name": "sql", "input": "select 1"}},
     ]
     run = Run()
-    run.feed(completion("c", [
-        user("a"),
-        assistant(None, tool_calls=calls),
-        assistant("interim"),
-        {"role": "tool", "tool_call_id": "call_b", "content": [{"type": "text", "text": "1"}]},
-        {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
-        {"role": "tool", "tool_call_id": "call_unknown", "content": "orphan"},
-    ], history="delta"))
+    run.feed(
+        completion(
+            "c",
+            [
+                user("a"),
+                assistant(None, tool_calls=calls),
+                assistant("interim"),
+                {
+                    "role": "tool",
+                    "tool_call_id": "call_b",
+                    "content": [{"type": "text", "text": "1"}],
+                },
+                {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "call_unknown", "content": "orphan"},
+            ],
+            history="delta",
+        )
+    )
     messages = run.final()["messages"]
     assert len(messages) == 3
     caller = messages[1]
@@ -813,14 +915,21 @@ def test_tool_results_go_to_the_assistant_that_called_them():
 
 def test_orphan_tool_results_without_an_assistant():
     run = Run()
-    run.feed(completion("c", [
-        {"role": "tool", "tool_call_id": "call_1", "content": "first"},
-        user("a"),
-        {"role": "tool", "tool_call_id": "call_2", "content": "second"},
-    ], history="delta"))
+    run.feed(
+        completion(
+            "c",
+            [
+                {"role": "tool", "tool_call_id": "call_1", "content": "first"},
+                user("a"),
+                {"role": "tool", "tool_call_id": "call_2", "content": "second"},
+            ],
+            history="delta",
+        )
+    )
     messages = run.final()["messages"]
     assert [(m["role"], m["content"]) for m in messages] == [
-        ("system", "[tool result: call_1]"), ("user", "a"),
+        ("system", "[tool result: call_1]"),
+        ("user", "a"),
     ]
     assert messages[0]["properties"] == {
         "tool_results": [{"tool_call_id": "call_1", "content": "first"}],
@@ -833,10 +942,17 @@ def test_orphan_tool_results_without_an_assistant():
 def test_tool_results_do_not_change_the_stored_state():
     run = Run()
     call = {"id": "k", "type": "function", "function": {"name": "f", "arguments": ""}}
-    run.feed(completion("c", [
-        user("a"), assistant(None, tool_calls=[call]),
-        {"role": "tool", "tool_call_id": "k", "content": "r"},
-    ], history="delta"))
+    run.feed(
+        completion(
+            "c",
+            [
+                user("a"),
+                assistant(None, tool_calls=[call]),
+                {"role": "tool", "tool_call_id": "k", "content": "r"},
+            ],
+            history="delta",
+        )
+    )
     first = run.final()
     run.feed(completion("c", [user("b")], history="delta"))
     second = run.final()
@@ -849,14 +965,32 @@ def test_tool_results_do_not_change_the_stored_state():
 def test_metadata_merges_and_times_span_the_events():
     run = Run()
     run.feed(
-        completion("c", [user("a")], history="delta", occurred="2026-11-23T10:00:00Z",
-                   conversation={"external_id": "x1", "properties": {"app": "w", "k": 1},
-                                 "user_properties": {"id": "u1"}, "tags": ["docs", "a"],
-                                 "visibility": "private"}),
-        completion("c", [user("b")], history="delta", occurred="2026-11-23T09:00:00Z",
-                   conversation={"external_id": "x2", "properties": {"k": 2},
-                                 "user_properties": {"identificationType": "COOKIED"},
-                                 "tags": ["b", "docs"], "project_id": "p"}),
+        completion(
+            "c",
+            [user("a")],
+            history="delta",
+            occurred="2026-11-23T10:00:00Z",
+            conversation={
+                "external_id": "x1",
+                "properties": {"app": "w", "k": 1},
+                "user_properties": {"id": "u1"},
+                "tags": ["docs", "a"],
+                "visibility": "private",
+            },
+        ),
+        completion(
+            "c",
+            [user("b")],
+            history="delta",
+            occurred="2026-11-23T09:00:00Z",
+            conversation={
+                "external_id": "x2",
+                "properties": {"k": 2},
+                "user_properties": {"identificationType": "COOKIED"},
+                "tags": ["b", "docs"],
+                "project_id": "p",
+            },
+        ),
     )
     document = run.final()
     assert document["externalId"] == "x2"
@@ -868,7 +1002,8 @@ def test_metadata_merges_and_times_span_the_events():
     assert document["createdAt"] == "2026-11-23T09:00:00Z"
     assert document["updatedAt"] == "2026-11-23T10:00:00Z"
     assert [m["createdAt"] for m in document["messages"]] == [
-        "2026-11-23T10:00:00Z", "2026-11-23T09:00:00Z",
+        "2026-11-23T10:00:00Z",
+        "2026-11-23T09:00:00Z",
     ]
 
 

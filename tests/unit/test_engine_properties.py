@@ -47,10 +47,17 @@ def conversation_script(draw: st.DrawFn, cid: str) -> tuple[list[dict[str, Any]]
             new = opening + new
         if draw(st.integers(0, 3)) == 0:
             pending_call = f"call_{cid}_{step}"
-            reply: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": pending_call, "type": "function",
-                 "function": {"name": "lookup", "arguments": f'{{"step": {step}}}'}},
-            ]}
+            reply: dict[str, Any] = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": pending_call,
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": f'{{"step": {step}}}'},
+                    },
+                ],
+            }
         else:
             reply = {"role": "assistant", "content": f"{cid} answer {step}"}
         history_mode = draw(st.sampled_from(("full", "full", "delta")))
@@ -59,15 +66,20 @@ def conversation_script(draw: st.DrawFn, cid: str) -> tuple[list[dict[str, Any]]
         else:
             known = history[1:] if history and history[0] is SYSTEM else history
             keep = draw(st.integers(1, len(known))) if known else 0
-            request = ([SYSTEM] if history and history[0] is SYSTEM else [])
-            request += known[len(known) - keep:] + new
+            request = [SYSTEM] if history and history[0] is SYSTEM else []
+            request += known[len(known) - keep :] + new
         value: dict[str, Any] = {
-            "event_id": f"{cid}-{step}", "event_type": "chat.completion", "conversation_id": cid,
-            "history": history_mode, "request": {"model": "m", "messages": request},
+            "event_id": f"{cid}-{step}",
+            "event_type": "chat.completion",
+            "conversation_id": cid,
+            "history": history_mode,
+            "request": {"model": "m", "messages": request},
         }
         if draw(st.booleans()):
-            value["response"] = {"id": f"cmpl-{cid}-{step}",
-                                 "choices": [{"index": 0, "message": reply}]}
+            value["response"] = {
+                "id": f"cmpl-{cid}-{step}",
+                "choices": [{"index": 0, "message": reply}],
+            }
             history += [*new, reply]
         else:
             history += new
@@ -79,8 +91,13 @@ def conversation_script(draw: st.DrawFn, cid: str) -> tuple[list[dict[str, Any]]
             }
         values.append(value)
         if draw(st.integers(0, 4)) == 0:
-            values.append({"event_id": f"{cid}-{step}-end", "event_type": "conversation.ended",
-                           "conversation_id": cid})
+            values.append(
+                {
+                    "event_id": f"{cid}-{step}-end",
+                    "event_type": "conversation.ended",
+                    "conversation_id": cid,
+                }
+            )
     return values, history
 
 

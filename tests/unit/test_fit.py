@@ -52,7 +52,10 @@ def test_a_body_within_the_limit_is_returned_as_is():
 def test_only_the_largest_content_is_cut_and_just_enough():
     big, medium = "x" * 300_000, "y" * 100_000
     value = conversation(
-        message(0, big), message(1, medium), message(2, "small"), properties={"app": "docs"},
+        message(0, big),
+        message(1, medium),
+        message(2, "small"),
+        properties={"app": "docs"},
     )
     limit = 350_000
     document = fitted(value, limit)
@@ -62,7 +65,9 @@ def test_only_the_largest_content_is_cut_and_just_enough():
     assert count > 240_000  # Just enough: about 50 KB over, not much more cut.
     assert document["properties"]["app"] == "docs"
     assert document["properties"][MARK] == {
-        "original_bytes": len(payload.encode(value)), "max_bytes": limit, "cut_items": 1,
+        "original_bytes": len(payload.encode(value)),
+        "max_bytes": limit,
+        "cut_items": 1,
     }
 
 
@@ -76,13 +81,19 @@ def test_several_large_contents_are_cut_to_a_common_cap():
 
 
 def test_parts_tool_arguments_and_tool_results_are_cut_too():
-    calls = [payload.ToolCall(
-        id="k", function=payload.ToolCallFunction(name="f", arguments="{" + "1" * 90_000 + "}"),
-    )]
+    calls = [
+        payload.ToolCall(
+            id="k",
+            function=payload.ToolCallFunction(name="f", arguments="{" + "1" * 90_000 + "}"),
+        )
+    ]
     value = conversation(
         message(0, [payload.ContentItem(type="text", text="t" * 90_000)]),
         payload.OutMessage(
-            id="m1", role="assistant", content="", tool_calls=calls,
+            id="m1",
+            role="assistant",
+            content="",
+            tool_calls=calls,
             properties={"tool_results": [{"tool_call_id": "k", "content": "r" * 90_000}]},
         ),
     )
@@ -96,16 +107,25 @@ def test_parts_tool_arguments_and_tool_results_are_cut_too():
 
 def test_a_huge_data_image_becomes_a_text_part_naming_it():
     url = "data:image/png;base64," + "A" * 500_000
-    value = conversation(message(0, [
-        payload.ContentItem(type="text", text="see"),
-        payload.ContentItem(type="image_url", image_url=payload.ImageURL(url=url)),
-        payload.ContentItem(type="image_url", image_url=payload.ImageURL(url="https://x/y.png")),
-    ]))
+    value = conversation(
+        message(
+            0,
+            [
+                payload.ContentItem(type="text", text="see"),
+                payload.ContentItem(type="image_url", image_url=payload.ImageURL(url=url)),
+                payload.ContentItem(
+                    type="image_url", image_url=payload.ImageURL(url="https://x/y.png")
+                ),
+            ],
+        )
+    )
     document = fitted(value, 10_000)
     assert document["messages"][0]["content"] == [
         {"type": "text", "text": "see"},
-        {"type": "text",
-         "text": f"[image removed: data:image/png;base64… ({len(url)} characters)]"},
+        {
+            "type": "text",
+            "text": f"[image removed: data:image/png;base64… ({len(url)} characters)]",
+        },
         {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "auto"}},
     ]
 

@@ -18,7 +18,9 @@ def sample() -> state.ConversationState:
     conv.entries = [
         state.Entry(role="developer", content="rules", created_at=moment),
         state.Entry(
-            role="user", created_at=moment, name="ann",
+            role="user",
+            created_at=moment,
+            name="ann",
             content=[
                 payload.ContentItem(type="text", text="look"),
                 payload.ContentItem(
@@ -27,10 +29,15 @@ def sample() -> state.ConversationState:
             ],
         ),
         state.Entry(
-            role="assistant", content="", created_at=moment,
-            tool_calls=[payload.ToolCall(
-                id="k", function=payload.ToolCallFunction(name="f", arguments="{}"),
-            )],
+            role="assistant",
+            content="",
+            created_at=moment,
+            tool_calls=[
+                payload.ToolCall(
+                    id="k",
+                    function=payload.ToolCallFunction(name="f", arguments="{}"),
+                )
+            ],
             properties={"model": "gpt-4o", "usage": {"total_tokens": 3}, "latency_ms": 1.5},
         ),
         state.Entry(role="tool", content="42", created_at=moment, tool_call_id="k"),
@@ -103,8 +110,10 @@ def message(**fields: object) -> events.Message:
         ({"role": "developer", "content": "x"}, {"role": "system", "content": "x"}),
         ({"role": "assistant", "content": None}, {"role": "assistant", "content": ""}),
         (
-            {"role": "user",
-             "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            },
             {"role": "user", "content": "ab"},
         ),
         (
@@ -112,10 +121,14 @@ def message(**fields: object) -> events.Message:
             {"role": "assistant", "content": "x"},
         ),
         (
-            {"role": "assistant", "tool_calls": [{"id": "k", "type": "custom",
-                                                  "custom": {"b": 1, "a": 2}}]},
-            {"role": "assistant", "tool_calls": [{"id": "k", "type": "custom",
-                                                  "custom": {"a": 2, "b": 1}}]},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "k", "type": "custom", "custom": {"b": 1, "a": 2}}],
+            },
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "k", "type": "custom", "custom": {"a": 2, "b": 1}}],
+            },
         ),
         ({"role": "user", "content": "x", "tool_calls": []}, {"role": "user", "content": "x"}),
     ],

@@ -123,6 +123,9 @@ skipped (--skip-schema-validation).
 {{- if and .Values.kafka.caCert.existingSecret .Values.kafka.caCert.existingConfigMap }}
 {{- fail "kafka.caCert: set existingSecret or existingConfigMap, not both" }}
 {{- end }}
+{{- if and (or .Values.kafka.caCert.existingSecret .Values.kafka.caCert.existingConfigMap) (not (include "consumer.tls" .)) }}
+{{- fail (printf "kafka.caCert needs securityProtocol SSL or SASL_SSL, not %s" .Values.kafka.securityProtocol) }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled .Values.keda.enabled }}
 {{- fail "autoscaling.enabled and keda.enabled are exclusive: KEDA manages its own HPA" }}
 {{- end }}
