@@ -192,6 +192,28 @@ class Offsets:
         finally:
             await consumer.stop()
 
+    async def size(self, topic: str) -> tuple[int, int]:
+        """(records, value bytes) in a topic, read from its start to its end offsets."""
+        end = await self.end(topic)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers)
+        await consumer.start()
+        records = size = 0
+        try:
+            consumer.assign(list(end))
+            await consumer.seek_to_beginning()
+
+            async def behind() -> bool:
+                positions = [await consumer.position(tp) for tp in end]
+                return any(at < end[tp] for at, tp in zip(positions, end, strict=True))
+
+            while await behind():
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records += len(batch)
+                    size += sum(len(record.value or b"") for record in batch)
+        finally:
+            await consumer.stop()
+        return records, size
+
     async def committed(self, group: str) -> dict[TopicPartition, int]:
         answer = await self.admin.list_consumer_group_offsets(group)
         return {tp: meta.offset for tp, meta in answer.items()}
@@ -216,6 +238,30 @@ def metric_sum(text: str, name: str) -> float:
         if line.startswith(name) and line[len(name)] in " {":
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def spy_summary(raw: Path, rows: int = 14) -> str:
+    """py-spy's raw samples: the idle share and the functions most often on the stack."""
+    total = idle = 0
+    inclusive: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples = int(count)
+        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        total += samples
+        if frames[-1].endswith("Selector.select"):
+            idle += samples
+            continue
+        for name in set(frames):
+            inclusive[name] = inclusive.get(name, 0) + samples
+    if not total:
+        return "  (no samples)"
+    lines = [f"  py-spy: {total:,} samples, {idle / total:.0%} idle in select; busy frames:"]
+    skip = {"_run_module_as_main", "_run_code", "<module>", "main", "_run", "run", "Runner.run"}
+    ranked = sorted(inclusive.items(), key=lambda item: item[1], reverse=True)
+    shown = [(name, n) for name, n in ranked if name not in skip and "EventLoop" not in name]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in shown[:rows]]
+    return "\n".join(lines)
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -50,6 +50,7 @@ from harness import (  # noqa: E402
     http_get,
     metric_sum,
     percentile,
+    spy_summary,
     stop_all,
 )
 
@@ -305,12 +306,15 @@ async def end_to_end(
         "cpu": shares,
         "peak_rss_mb": max(hwm) / 1024,
         "exit_codes": codes,
+        "state_topic": f"{group}.state",
     }
 
 
 async def phase_worker(bench: Bench, load: Workload) -> None:
     result = await end_to_end(bench, load, "worker")
     bench.results["worker"] = result
+    records, size = await bench.offsets.size(result["state_topic"])
+    result["state_records"], result["state_bytes"] = records, size
     bare = bench.results.get("bare", {}).get("events_per_second")
     plain = bench.results.get("straightforward", {}).get("events_per_second")
     rate = result["events_per_second"]
@@ -319,6 +323,10 @@ async def phase_worker(bench: Bench, load: Workload) -> None:
         f"{result['acked_seconds']:.2f}s to the last 200; {result['requests']:,} requests, "
         f"mean body {result['request_bytes'] / max(result['requests'], 1):,.0f} B; "
         f"peak RSS {result['peak_rss_mb']:.0f} MB; exit {result['exit_codes']})"
+    )
+    print(
+        f"  state topic: {records:,} records, {size / MB:,.0f} MB "
+        f"({size / load.size:.2f} bytes per input byte)"
     )
     print(cpu_line(result["cpu"]))
     if bare:
@@ -424,8 +432,11 @@ async def phase_latency(bench: Bench) -> None:
     group = bench.name("latency")
     env = worker_env(bench, load.topic, group)
     child = spawn_worker(bench, "latency", env)
+    spy = None
     try:
         await ready(bench, child, env)
+        if args.spy:
+            spy = start_spy(bench, child)
         triggered: dict[str, float] = {}
 
         def delivered(key: bytes, value: bytes, when: float) -> None:
@@ -446,6 +457,8 @@ async def phase_latency(bench: Bench) -> None:
         arrived = await bench.sink.ended()
     finally:
         await stop_all([child])
+        if spy is not None:
+            await spy.wait(60)
     timeline = sorted((at, arrived[cid] - at) for cid, at in triggered.items())
     delays = [delay for _, delay in timeline]
     achieved = len(load.records) / seconds
@@ -470,6 +483,20 @@ async def phase_latency(bench: Bench) -> None:
     thirds = ", ".join(f"{value * 1000:,.0f}" for value in result["p50_by_third"])
     print(f"  p50 in the first, middle and last third of the run: {thirds} ms")
     print(cpu_line(shares))
+    if spy is not None:
+        print(spy_summary(bench.work / "latency.spy.txt"))
+
+
+def start_spy(bench: Bench, child: Child) -> Child:
+    """py-spy sampling the worker (with idle time) until it exits."""
+    found = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+    if not Path(found).exists():
+        raise BenchError("--spy needs py-spy: pip install py-spy")
+    command = [
+        *(found, "record", "--pid", str(child.pid), "--idle", "--nonblocking"),
+        *("--format", "raw", "--rate", "100", "-o", str(bench.work / "latency.spy.txt")),
+    ]
+    return Child("py-spy", command, bench.work, dict(os.environ))
 
 
 async def phase_memory(bench: Bench) -> None:
@@ -656,6 +683,7 @@ def main() -> int:
     add("--commit-interval", type=float, default=None, help="COMMIT_INTERVAL_SECONDS of workers")
     add("--timeout", type=float, default=300.0, help="limit for each phase, seconds")
     add("--profile", action="store_true", help="also profile the worker with pyinstrument")
+    add("--spy", action="store_true", help="sample the latency phase's worker with py-spy")
     add("--bootstrap-servers", default=None, help="use this broker instead of starting one")
     add("--work-dir", default=None, help="keep logs and profiles here")
     add("--keep", action="store_true", help="keep the temporary directory")

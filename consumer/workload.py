@@ -456,7 +456,11 @@ async def produce(  # noqa: PLR0913 - the knobs of a producer run, each with a d
         max_batch_size=512 * 1024,
         max_request_size=2 * 1024 * 1024,
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
     tally = _Tally(on_delivered)
     loop = asyncio.get_running_loop()
     began = loop.time()

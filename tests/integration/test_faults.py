@@ -1,0 +1,252 @@
+"""Promises 1 to 3 while the brokers themselves fail: a restart, a lost cluster member.
+
+The worker runs as a real process against brokers the test owns; the API's final
+state must equal the same events rendered offline: every conversation present,
+every message once, no flush that carried a shorter history than the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from harness import (
+    Worker,
+    assert_matches,
+    committed,
+    conversation,
+    expected_bodies,
+    interleave,
+    produce,
+    wait_for,
+)
+from kafka_fixtures import make_topic
+
+from consumer import payload
+from consumer.emulator import Emulator
+
+pytestmark = pytest.mark.integration
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def stream(prefix: str, count: int) -> list[dict[str, Any]]:
+    """Interleaved conversations: full and delta history, ended and left to go idle."""
+    return interleave(
+        conversation(
+            f"{prefix}{i}", 3 + i % 4, ended=i % 3 != 0, history="delta" if i % 4 == 1 else "full"
+        )
+        for i in range(count)
+    )
+
+
+def history_only_grows(emulator: Emulator) -> None:
+    """Promise 3: every accepted body's message ids are a prefix of the final ones."""
+    for raw in emulator.accepted:
+        body = payload.decode(raw)
+        final = [m.id for m in emulator.conversations[body.id].messages]
+        ids = [m.id for m in body.messages]
+        assert ids == final[: len(ids)], f"{body.id}: a flush carried a different or partial history"
+
+
+async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversation]) -> bool:
+    return all(
+        cid in emulator.conversations and emulator.conversations[cid] == body
+        for cid, body in expected.items()
+    )
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await reader.start()
+    try:
+        await reader._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        assert tps, f"topic {topic} has no partitions"
+        return {tp.partition: offset for tp, offset in (await reader.end_offsets(tps)).items()}
+    finally:
+        await reader.stop()
+
+
+async def committed_to_the_end(bootstrap: str, group: str, topic: str) -> bool:
+    """The group's offsets reached the end of every partition (whatever a producer retry added)."""
+    ends = await end_offsets(bootstrap, topic)
+    offsets = await committed(bootstrap, group, topic)
+    return all((offsets.get(p) or 0) == end for p, end in ends.items())
+
+
+async def consumed(worker: Worker) -> float:
+    """The worker's `records_consumed` total, or -1 while /metrics does not answer."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{worker.http_port}/metrics") as r,
+        ):
+            text = await r.text()
+    except aiohttp.ClientError:
+        return -1
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("inkeep_consumer_records_consumed_total{")
+    )
+
+
+async def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> id of the node leading it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return {p["partition"]: p["leader"] for p in described["partitions"]}
+
+
+async def topic_names(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path):
+    started: list[Worker] = []
+
+    def make(bootstrap: str, topic: str, emulator: Emulator, **kw: Any) -> Worker:
+        kw.setdefault("name", f"w{len(started)}")
+        w = Worker(bootstrap, topic, emulator.url, tmp_path, **kw)
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop_now()
+
+
+async def test_broker_restart_mid_stream_loses_and_doubles_nothing(
+    kafka_private, emulator, workers, tmp_path
+):
+    """The worker rides out a broker restart; the state it wrote across it restores later.
+
+    Observed and required: the worker keeps running while its only broker is down
+    (aiokafka retries the fetches, state writes and commits), then finishes the stream.
+    """
+    bootstrap = kafka_private.bootstrap_servers
+    topic, group = fresh("chat"), fresh("g")
+    await make_topic(bootstrap, 3, name=topic)
+    events = stream("b", 24)
+    cuts = [0, len(events) // 3, 2 * len(events) // 3, len(events)]
+    first, during, last = (events[a:b] for a, b in zip(cuts, cuts[1:], strict=False))
+    expected = expected_bodies(events, tmp_path)
+    worker = workers(
+        bootstrap, topic, emulator, group=group, extra={"CONVERSATION_IDLE_TIMEOUT_SECONDS": "5"}
+    ).start()
+
+    await produce(bootstrap, topic, first)
+    await wait_for(
+        lambda: wait_consumed(worker, len(first)), 30, "the first third consumed", interval=0.1
+    )
+    # Conversations are open in the worker (not yet idle) when the broker goes away; more
+    # events are produced while it is down and wait in the producer until it is back.
+    restart = asyncio.create_task(asyncio.to_thread(kafka_private.restart))
+    await asyncio.sleep(0.2)
+    await produce(bootstrap, topic, during)
+    await restart
+    await wait_for(
+        lambda: committed_to_the_end(bootstrap, group, topic), 60, "offsets committed after restart"
+    )
+    assert worker.alive(), "the worker exited during the broker restart"
+    assert {topic, f"{topic}.state", f"{topic}.dlq"} <= await topic_names(bootstrap)
+    broker_gone = [
+        line
+        for line in worker.logs()
+        if str(line.get("logger", "")).startswith("aiokafka") and line.get("level") == "error"
+    ]
+    assert broker_gone, "the worker never noticed the broker going away: nothing was tested"
+
+    # A new process must find the conversations in the state topic written across the restart.
+    worker.kill()
+    worker.start()
+    await produce(bootstrap, topic, last)
+    await wait_for(lambda: all_logged(emulator, expected), 60, "every conversation logged")
+    await wait_for(
+        lambda: committed_to_the_end(bootstrap, group, topic), 20, "offsets committed to the end"
+    )
+    assert_matches(emulator.conversations, expected)
+    history_only_grows(emulator)
+    restored = [
+        line
+        for line in worker.logs()
+        if line.get("event") == "partitions_assigned" and line.get("state_records")
+    ]
+    assert restored, "the restarted worker read no state back"
+    code, _ = await worker.terminate()
+    assert code == 0
+
+
+async def wait_consumed(worker: Worker, count: int) -> bool:
+    return await consumed(worker) >= count
+
+
+@pytest.mark.cluster
+async def test_one_of_three_brokers_stopped_mid_stream(kafka_cluster, emulator, workers, tmp_path):
+    """With replication factor 3 and min.insync.replicas 2, losing a leader loses nothing."""
+    bootstrap = kafka_cluster.bootstrap_servers
+    topic, group = fresh("chat"), fresh("g")
+    await make_topic(bootstrap, 3, name=topic, replication_factor=3)
+    events = stream("n", 24)
+    cuts = [0, len(events) // 4, len(events) // 2, 3 * len(events) // 4, len(events)]
+    parts = [events[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    expected = expected_bodies(events, tmp_path)
+    worker = workers(
+        bootstrap,
+        topic,
+        emulator,
+        group=group,
+        extra={"KAFKA_TOPIC_REPLICATION_FACTOR": "3", "CONVERSATION_IDLE_TIMEOUT_SECONDS": "5"},
+    ).start()
+
+    await produce(bootstrap, topic, parts[0])
+    await wait_for(
+        lambda: wait_consumed(worker, len(parts[0])), 60, "the first quarter consumed", interval=0.1
+    )
+    led = await leaders(bootstrap, topic)
+    victim = max(set(led.values()), key=list(led.values()).count)
+    index = next(i for i, node in enumerate(kafka_cluster.nodes) if node.node_id == victim)
+    stop = asyncio.create_task(asyncio.to_thread(kafka_cluster.stop_node, index))
+    await asyncio.sleep(0.2)
+    await produce(bootstrap, topic, parts[1])
+    await stop
+    moved = await leaders(bootstrap, topic)
+    assert victim not in moved.values(), f"node {victim} still leads after stopping: {moved}"
+    await produce(bootstrap, topic, parts[2])
+    await wait_for(
+        lambda: committed_to_the_end(bootstrap, group, topic), 60, "offsets committed, node down"
+    )
+    assert worker.alive(), "the worker exited when one broker of three stopped"
+
+    await asyncio.to_thread(kafka_cluster.start_node, index)
+    await produce(bootstrap, topic, parts[3])
+    await wait_for(lambda: all_logged(emulator, expected), 60, "every conversation logged")
+    await wait_for(
+        lambda: committed_to_the_end(bootstrap, group, topic), 30, "offsets committed to the end"
+    )
+    assert_matches(emulator.conversations, expected)
+    history_only_grows(emulator)
+    described = await leaders(bootstrap, f"{topic}.state")
+    assert len(described) == 3
+    assert worker.alive()
+    code, _ = await worker.terminate()
+    assert code == 0
