@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
@@ -64,6 +65,9 @@ _CODES = {
 }
 """The `code` values the SDK's error models name; other statuses derive theirs from the phrase."""
 _encoder = msgspec.json.Encoder()
+
+REQUEST_LOG_SIZE = 100_000
+"""The request log is for tests and inspection; a long-running emulator keeps the latest."""
 
 
 @dataclass
@@ -266,7 +270,7 @@ class Emulator:
         self.faults = faults or Faults()
         self.conversations: dict[str, payload.Conversation] = {}
         self.accepted: list[bytes] = []
-        self.requests: list[RequestLog] = []
+        self.requests: deque[RequestLog] = deque(maxlen=REQUEST_LOG_SIZE)
         self._random = random.Random(seed)  # noqa: S311 - fault injection, not secrecy.
         self._runner: web.AppRunner | None = None
         self._record_file: IO[bytes] | None = None
@@ -451,8 +455,7 @@ class Emulator:
         self._log_get(request, arrived, 200, None)
         return web.Response(body=_encoder.encode(document), content_type="application/json")
 
-    async def _health(self, request: web.Request) -> web.StreamResponse:
-        self._log_get(request, time.monotonic(), 200, None)
+    async def _health(self, _request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok"})
 
     def _log_get(
