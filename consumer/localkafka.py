@@ -48,6 +48,13 @@ QUORUM_GRACE = 6.0
 START_ATTEMPTS = 3
 _BIND_FAILURE = re.compile(r"failed to bind to [^:\s]+:(\d+)")
 
+CLIENT_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+SASL_MECHANISMS = ("PLAIN", *SCRAM_MECHANISMS)
+KEYSTORE_TYPES = ("PKCS12", "JKS", "PEM")
+# Written unquoted into a properties file, a JAAS line and StorageTool's --add-scram.
+_CREDENTIAL = re.compile(r"[A-Za-z0-9._~+/@-]+")
+
 _POM = """<?xml version="1.0" encoding="UTF-8"?>
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -173,6 +180,103 @@ def _run_maven(version: str, root: Path) -> None:
     (libs / COMPLETE_MARKER).write_text("\n".join(jars) + "\n")
 
 
+@dataclass(frozen=True)
+class ClientSecurity:
+    """What the client listener demands, as a managed Kafka would; nodes talk plaintext.
+
+    Each of `users` (name -> password) can sign in with every one of `mechanisms`; each of
+    `mechanism_users[mechanism]` with that mechanism only, so a test can tell which one a
+    client used. PLAIN users sit in the listener's JAAS config, SCRAM credentials are
+    written when storage is formatted, so they exist before the first client connects.
+    A TLS listener serves the key and certificate chain in `keystore` (PKCS12, JKS, or PEM
+    with an unencrypted key).
+    """
+
+    protocol: str = "PLAINTEXT"
+    mechanisms: tuple[str, ...] = ("PLAIN",)
+    users: Mapping[str, str] = field(default_factory=dict)
+    mechanism_users: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    keystore: Path | None = None
+    keystore_type: str = "PKCS12"
+    keystore_password: str = ""
+
+    def __post_init__(self) -> None:
+        if self.protocol not in CLIENT_PROTOCOLS:
+            raise LocalKafkaError(f"protocol must be one of {CLIENT_PROTOCOLS}: {self.protocol}")
+        if self.uses_sasl:
+            self._check_sasl()
+        if self.uses_tls:
+            if self.keystore is None or not self.keystore.is_file():
+                raise LocalKafkaError(f"{self.protocol} needs a keystore file: {self.keystore}")
+            if self.keystore_type not in KEYSTORE_TYPES:
+                raise LocalKafkaError(f"keystore_type must be one of {KEYSTORE_TYPES}")
+
+    def _check_sasl(self) -> None:
+        unknown = [m for m in self.mechanisms if m not in SASL_MECHANISMS]
+        if not self.mechanisms or unknown:
+            raise LocalKafkaError(f"SASL mechanisms must be some of {SASL_MECHANISMS}")
+        if set(self.mechanism_users) - set(self.mechanisms):
+            raise LocalKafkaError("mechanism_users names a mechanism that is not enabled")
+        everyone = [self.users_of(m) for m in self.mechanisms]
+        if not all(everyone):
+            raise LocalKafkaError(f"{self.protocol} needs a user for every mechanism")
+        for text in (text for users in everyone for item in users.items() for text in item):
+            if not _CREDENTIAL.fullmatch(text):
+                raise LocalKafkaError("user names and passwords may use A-Z a-z 0-9 . _ ~ + / @ -")
+
+    @property
+    def secured(self) -> bool:
+        return self.protocol != "PLAINTEXT"
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def users_of(self, mechanism: str) -> dict[str, str]:
+        """Every user (name -> password) who can sign in with `mechanism`."""
+        return {**self.users, **self.mechanism_users.get(mechanism, {})}
+
+    def listener_properties(self, listener: str) -> dict[str, str]:
+        """Broker settings for the listener named `listener` that speaks `protocol`."""
+        prefix = f"listener.name.{listener.lower()}."
+        settings: dict[str, str] = {}
+        if self.uses_sasl:
+            settings["sasl.enabled.mechanisms"] = ",".join(self.mechanisms)
+            settings[f"{prefix}sasl.enabled.mechanisms"] = ",".join(self.mechanisms)
+            for mechanism in self.mechanisms:
+                settings[f"{prefix}{mechanism.lower()}.sasl.jaas.config"] = self._jaas(mechanism)
+        if self.uses_tls:
+            assert self.keystore is not None
+            settings[f"{prefix}ssl.keystore.location"] = str(self.keystore)
+            settings[f"{prefix}ssl.keystore.type"] = self.keystore_type
+            if self.keystore_password:
+                settings[f"{prefix}ssl.keystore.password"] = self.keystore_password
+        return settings
+
+    def scram_arguments(self) -> list[str]:
+        """StorageTool `format` arguments that create every user for every SCRAM mechanism."""
+        if not self.uses_sasl:
+            return []
+        return [
+            argument
+            for mechanism in self.mechanisms
+            if mechanism in SCRAM_MECHANISMS
+            for name, password in self.users_of(mechanism).items()
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+    def _jaas(self, mechanism: str) -> str:
+        if mechanism == "PLAIN":
+            plain = self.users_of(mechanism).items()
+            users = " ".join(f'user_{name}="{password}"' for name, password in plain)
+            return f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+        return "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
 def new_cluster_id() -> str:
     """A random cluster id in Kafka's form: a UUID, base64url without padding."""
     while True:
@@ -201,10 +305,17 @@ class KafkaNode:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     archive_dump: Path | None = field(default=None, repr=False)
     log_marks: dict[Path, int] = field(default_factory=dict, repr=False)
+    internal_port: int | None = None
+    """A plaintext listener for the nodes' own traffic when the client listener is secured."""
 
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def plaintext_port(self) -> int:
+        """Where a client without credentials (the readiness probe, `create_topic`) connects."""
+        return self.port if self.internal_port is None else self.internal_port
 
     @property
     def running(self) -> bool:
@@ -247,7 +358,8 @@ class KafkaCluster:
     """One or more KRaft nodes on loopback.
 
     With three nodes every topic defaults to replication factor 3 and min.insync.replicas 2,
-    so one node can stop while acks=all writes go on.
+    so one node can stop while acks=all writes go on. With a secured `security`, the client
+    port demands it and each node also listens on a plaintext internal port of its own.
     """
 
     def __init__(  # noqa: PLR0913 - each knob is a keyword with a working default.
@@ -261,6 +373,7 @@ class KafkaCluster:
         heap: str = "512m",
         start_timeout: float = 90.0,
         overrides: Mapping[str, str] | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         if brokers < 1:
             raise LocalKafkaError("a cluster needs at least one broker")
@@ -271,14 +384,18 @@ class KafkaCluster:
         self.heap = heap
         self.start_timeout = start_timeout
         self.overrides = dict(overrides or {})
+        self.security = security or ClientSecurity()
         self._owns_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="localkafka-"))
-        chosen = free_ports(2 * brokers)
+        chosen = free_ports(self._ports_per_node * brokers)
         client_ports = list(ports) if ports is not None else chosen[:brokers]
         self.nodes = [
             KafkaNode(i, client_ports[i], chosen[brokers + i], self.data_dir / f"node-{i}")
             for i in range(brokers)
         ]
+        if self.security.secured:
+            for node, internal in zip(self.nodes, chosen[2 * brokers :], strict=True):
+                node.internal_port = internal
         self.cluster_id = _formatted_cluster_id(self.nodes) or new_cluster_id()
         self._fixed_ports = set(ports or ())
         self._libs: Path | None = None
@@ -287,6 +404,16 @@ class KafkaCluster:
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(node.address for node in self.nodes)
+
+    @property
+    def plaintext_bootstrap_servers(self) -> str:
+        """Addresses that need no credentials: the internal listener when the client one is
+        secured, otherwise the same as `bootstrap_servers`."""
+        return ",".join(f"{LOOPBACK}:{node.plaintext_port}" for node in self.nodes)
+
+    @property
+    def _ports_per_node(self) -> int:
+        return 3 if self.security.secured else 2
 
     def __enter__(self) -> Self:
         self.start()
@@ -333,11 +460,13 @@ class KafkaCluster:
 
     def _choose_new_ports(self) -> None:
         """Another process took a port between choosing it and the broker binding it."""
-        fresh = iter(free_ports(2 * len(self.nodes)))
+        fresh = iter(free_ports(self._ports_per_node * len(self.nodes)))
         for node in self.nodes:
             node.controller_port = next(fresh)
             if node.port not in self._fixed_ports:
                 node.port = next(fresh)
+            if node.internal_port is not None:
+                node.internal_port = next(fresh)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every node (SIGTERM together), then remove the data if it is ours.
@@ -392,7 +521,7 @@ class KafkaCluster:
         rf = replication_factor or self.default_replication_factor
         _run_in_thread(
             create_topic(
-                self.bootstrap_servers,
+                self.plaintext_bootstrap_servers,
                 name,
                 partitions,
                 replication_factor=rf,
@@ -439,8 +568,22 @@ class KafkaCluster:
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
             "num.recovery.threads.per.data.dir": "1",
         }
+        if node.internal_port is not None:
+            settings.update(self._secured_listeners(node, node.internal_port))
         settings.update(self.overrides)
         return settings
+
+    def _secured_listeners(self, node: KafkaNode, internal_port: int) -> dict[str, str]:
+        internal = f"INTERNAL://{LOOPBACK}:{internal_port}"
+        return {
+            "listeners": f"CLIENT://{node.address},{internal},CONTROLLER://{LOOPBACK}:"
+            f"{node.controller_port}",
+            "advertised.listeners": f"CLIENT://{node.address},{internal}",
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": f"CLIENT:{self.security.protocol},"
+            "INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            **self.security.listener_properties("CLIENT"),
+        }
 
     def _write_config(self, node: KafkaNode) -> None:
         (node.directory / "logs").mkdir(parents=True, exist_ok=True)
@@ -509,6 +652,7 @@ class KafkaCluster:
                 self.cluster_id,
                 "--config",
                 str(node.config_path),
+                *self.security.scram_arguments(),
             )
             out = (node.directory / "logs" / "format.out").open("wb")
             running.append((node, out, subprocess.Popen(command, stdout=out, stderr=out)))  # noqa: S603
@@ -552,7 +696,7 @@ class KafkaCluster:
                     )
             live = [node for node in self.nodes if node.running]
             expected = {node.node_id for node in live}
-            if all(_broker_ids(node.port) == expected for node in live):
+            if all(_broker_ids(node.plaintext_port) == expected for node in live):
                 return
             if time.monotonic() > deadline:
                 tails = "\n".join(node.log_tail() for node in targets)

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from consumer import deadletter, metrics
 from consumer.deadletter import DeadLetter
@@ -112,6 +113,34 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> int:
+        """Runs until `stop()`; 0 after a clean stop, 1 when Kafka failed the worker.
+
+        A Kafka failure (unreachable, refused credentials, a state write that
+        could not be made durable) ends the process rather than limping on:
+        nothing past the last durable checkpoint was committed, so the next
+        start, here or on another member, replays from there.
+        """
+        try:
+            await self._start()
+            while not self._stopping.is_set():
+                await self._step()
+        except KafkaError as exc:
+            s = self.settings
+            log.exception(
+                "kafka_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                bootstrap_servers=s.kafka_bootstrap_servers,
+                security_protocol=s.kafka_security_protocol,
+                sasl_mechanism=s.kafka_sasl_mechanism,
+                hint="check KAFKA_BOOTSTRAP_SERVERS, the security settings, the credentials "
+                "and the CA file; the worker resumes from its last commit when restarted",
+            )
+            return 1
+        finally:
+            await self._shutdown()
+        return 0
+
+    async def _start(self) -> None:
         s = self.settings
         await ensure_topics(
             self._options,
@@ -142,16 +171,12 @@ class Worker:
             group_id=s.kafka_group_id,
             enable_auto_commit=False,
             auto_offset_reset=s.kafka_auto_offset_reset,
+            # A revocation flushes and writes state before it returns; the group waits that long.
+            rebalance_timeout_ms=int((s.shutdown_grace_seconds + 30) * 1000),
         )
         self._consumer.subscribe([s.kafka_topic], listener=_Listener(self))
         await self._consumer.start()
         log.info("worker_started", topic=s.kafka_topic, group_id=s.kafka_group_id)
-        try:
-            while not self._stopping.is_set():
-                await self._step()
-        finally:
-            await self._shutdown()
-        return 0
 
     async def _step(self) -> None:
         assert self._consumer is not None
@@ -556,6 +581,9 @@ class Worker:
                         Trigger.SHUTDOWN,
                         max(1.0, self.settings.shutdown_grace_seconds - SHUTDOWN_RESERVE_SECONDS),
                     )
+        except KafkaError as exc:
+            # Nothing was committed past the last durable checkpoint; the next owner replays.
+            log.exception("shutdown_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             if self._consumer is not None:
                 await self._consumer.stop()
