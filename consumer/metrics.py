@@ -50,7 +50,7 @@ conversations_flushed = Counter(
 )
 flushes_refused = Counter(
     f"{PREFIX}_flushes_refused",
-    "Flushes not sent because they carried fewer messages than the last acknowledged one.",
+    "Flushes not sent (fewer messages than acknowledged, history expired, too large to fit).",
     registry=REGISTRY,
 )
 conversations_truncated = Counter(

@@ -102,6 +102,7 @@ class Worker:
         self._outbox: list[tuple[int, DeadLetter]] = []
         self._unacked: list[asyncio.Future[Any]] = []
         self._paused: str | None = None
+        self._failed = False
         self._next_tick = 0.0
         self._next_checkpoint = 0.0
         self._consumer: AIOKafkaConsumer | None = None
@@ -138,7 +139,7 @@ class Worker:
             return 1
         finally:
             await self._shutdown()
-        return 0
+        return 1 if self._failed else 0
 
     async def _start(self) -> None:
         s = self.settings
@@ -368,18 +369,42 @@ class Worker:
         self._outbox.append((part.tp.partition, record))
 
     async def _send_dead_letters(self) -> None:
-        assert self._producer is not None
         outbox, self._outbox = self._outbox, []
         for partition, record in outbox:
-            self._unacked.append(
-                await self._producer.send(
-                    self.settings.kafka_dlq_topic,
-                    record.value,
-                    key=record.key,
-                    headers=record.headers,
-                    partition=partition,
-                )
+            await self._produce(
+                self.settings.kafka_dlq_topic, record.key, record.value, partition, record.headers
             )
+
+    async def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queues a state or dead-letter record; `_checkpoint` waits for the broker's ack."""
+        assert self._producer is not None
+        try:
+            future = await self._producer.send(
+                topic, value, key=key, partition=partition, headers=headers
+            )
+        except BaseException:
+            self._fail()
+            raise
+        self._unacked.append(future)
+
+    def _fail(self) -> None:
+        """A record that had to be durable was not: commit nothing more, and stop.
+
+        The engine and the outbox have handed their records over, so a later
+        checkpoint could commit offsets past what never reached the broker.
+        Stopping without committing leaves the replay to the next start.
+        """
+        if not self._failed:
+            log.error("durable_write_failed", hint="the worker stops without committing further")
+        self._failed = True
+        self._stopping.set()
 
     def _tick(self, now: float) -> None:
         """Time-driven work: idle and max-open flushes, the memory bound, gauges."""
@@ -452,19 +477,16 @@ class Worker:
         A committed offset therefore never covers an event whose effect exists
         only in this process.
         """
-        assert self._producer is not None
         assert self._consumer is not None
+        if self._failed:
+            return
         await self._send_dead_letters()
         offsets: dict[TopicPartition, int] = {}
         written = 0
         for part in parts:
             checkpoint = part.engine.checkpoint()
             for key, value in checkpoint.records:
-                self._unacked.append(
-                    await self._producer.send(
-                        self.settings.kafka_state_topic, value, key=key, partition=part.tp.partition
-                    )
-                )
+                await self._produce(self.settings.kafka_state_topic, key, value, part.tp.partition)
             written += len(checkpoint.records)
             target = part.position
             if target is not None and checkpoint.hold is not None:
@@ -472,14 +494,24 @@ class Worker:
             if target is not None and (part.committed is None or target > part.committed):
                 offsets[part.tp] = target
         unacked, self._unacked = self._unacked, []
-        if unacked:
+        try:
             await asyncio.gather(*unacked)
+        except BaseException:
+            self._fail()
+            raise
         metrics.state_records_written.inc(written)
-        if offsets:
+        if not offsets:
+            return
+        try:
             await self._consumer.commit(offsets)
-            metrics.offsets_committed.inc(len(offsets))
-            for tp, offset in offsets.items():
-                self._parts[tp].committed = offset
+        except KafkaError as exc:
+            # Safe to skip: the state is durable, and whoever replays from the last
+            # commit finds these events already applied.
+            log.warning("commit_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        metrics.offsets_committed.inc(len(offsets))
+        for tp, offset in offsets.items():
+            self._parts[tp].committed = offset
 
     async def _drain(self, parts: list[_Partition], deadline: float) -> None:
         """Lets the given partitions' flushes finish, feeding results back, until `deadline`."""
