@@ -70,11 +70,23 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
 
+    # aiokafka only logs what a listener raises; a failed restore or hand-over must not
+    # leave the worker running on partial state, so it stops the worker instead.
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._worker.revoke(list(revoked))
+        try:
+            await self._worker.revoke(list(revoked))
+        except Exception:
+            log.exception("rebalance_failed", step="revoke")
+            self._worker.fail()
+            raise
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._worker.assign(list(assigned))
+        try:
+            await self._worker.assign(list(assigned))
+        except Exception:
+            log.exception("rebalance_failed", step="assign")
+            self._worker.fail()
+            raise
 
 
 class Worker:
@@ -390,11 +402,11 @@ class Worker:
                 topic, value, key=key, partition=partition, headers=headers
             )
         except BaseException:
-            self._fail()
+            self.fail()
             raise
         self._unacked.append(future)
 
-    def _fail(self) -> None:
+    def fail(self) -> None:
         """A record that had to be durable was not: commit nothing more, and stop.
 
         The engine and the outbox have handed their records over, so a later
@@ -497,7 +509,7 @@ class Worker:
         try:
             await asyncio.gather(*unacked)
         except BaseException:
-            self._fail()
+            self.fail()
             raise
         metrics.state_records_written.inc(written)
         if not offsets:
