@@ -614,6 +614,8 @@ class Worker:
             self.health.set_assigned(True)
 
     async def _shutdown(self) -> None:
+        if self._sink is None:
+            return  # Never got past checking the topics: nothing to flush or close.
         started = asyncio.get_running_loop().time()
         log.info("worker_stopping")
         try:

@@ -247,8 +247,8 @@ class Sink:
                 status = answer.status or 0
                 return Delivery(Outcome.ACKED, status, answer.answer, attempts, body, shrunk)
             if not error.retriable:
-                bound.warning("the API refused the body", status=error.status, attempts=attempts)
-                bound.debug("refusal answer", answer=answer.answer[:2000])
+                bound.debug("api_refused_body", status=error.status, attempts=attempts)
+                bound.debug("api_refusal_answer", answer=answer.answer[:2000])
                 status = error.status or 0
                 return Delivery(Outcome.REJECTED, status, answer.answer, attempts, body, shrunk)
             metrics.api_retries.labels(reason=_retry_reason(error, answer.label)).inc()
@@ -326,9 +326,9 @@ class Sink:
         if reachable != self.reachable:
             self.reachable = reachable
             if reachable:
-                log.info("the API answers again", status=answer.status)
+                log.info("api_reachable", status=answer.status)
             else:
-                log.warning("the API is not answering", reason=answer.label)
+                log.warning("api_unreachable", reason=answer.label)
         if error is None:
             self.last_success = time.monotonic()
         # An answer to a request sent before the last change of state is stale: it says
@@ -339,10 +339,15 @@ class Sink:
             self._auth_ok.clear()
             self._auth_changed = time.monotonic()
             metrics.auth_failing.set(1)
-            log.error(str(error), status=error.status, hint="check INKEEP_API_KEY")
+            log.error(
+                "api_key_refused",
+                detail=str(error),
+                status=error.status,
+                hint="check INKEEP_API_KEY; fetching is paused until the API accepts the key",
+            )
         elif error is None and not self._auth_ok.is_set():
             self._auth_ok.set()
             self._auth_changed = time.monotonic()
             metrics.auth_failing.set(0)
-            log.info("the API accepts the key again", status=answer.status)
+            log.info("api_key_accepted", status=answer.status)
         return error

@@ -148,7 +148,12 @@ async def produce(
 
 async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Any]:
     """Every record currently in `topic`, in partition order."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     await reader.start()
     try:
         partitions = reader.partitions_for_topic(topic) or set()

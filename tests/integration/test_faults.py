@@ -8,13 +8,14 @@ every message once, no flush that carried a shorter history than the last.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from harness import (
     Worker,
@@ -48,13 +49,19 @@ def stream(prefix: str, count: int) -> list[dict[str, Any]]:
     )
 
 
+def split(events: list[dict[str, Any]], count: int) -> list[list[dict[str, Any]]]:
+    return [events[k * len(events) // count : (k + 1) * len(events) // count] for k in range(count)]
+
+
 def history_only_grows(emulator: Emulator) -> None:
     """Promise 3: every accepted body's message ids are a prefix of the final ones."""
     for raw in emulator.accepted:
         body = payload.decode(raw)
         final = [m.id for m in emulator.conversations[body.id].messages]
         ids = [m.id for m in body.messages]
-        assert ids == final[: len(ids)], f"{body.id}: a flush carried a different or partial history"
+        assert ids == final[: len(ids)], (
+            f"{body.id}: a flush carried a different or partial history"
+        )
 
 
 async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversation]) -> bool:
@@ -62,6 +69,42 @@ async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversatio
         cid in emulator.conversations and emulator.conversations[cid] == body
         for cid, body in expected.items()
     )
+
+
+async def produce_while(
+    bootstrap: str, topic: str, events: list[dict[str, Any]], fault: Any
+) -> None:
+    """Runs the blocking `fault` in a thread while a producer started before it sends `events`.
+
+    The producer must be connected first: a new client cannot bootstrap from a stopped broker,
+    while a started one keeps its batches and retries until a leader answers.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+    try:
+        task = asyncio.create_task(asyncio.to_thread(fault))
+        await asyncio.sleep(0.5)
+        futures = [
+            await producer.send(topic, json.dumps(e).encode(), key=e["conversation_id"].encode())
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+        await task
+    finally:
+        await producer.stop()
+
+
+async def settle(
+    emulator: Emulator, expected: dict[str, payload.Conversation], within: float
+) -> None:
+    """Waits until the API holds every expected body; on timeout, says what differs."""
+    try:
+        await wait_for(lambda: all_logged(emulator, expected), within, "every conversation logged")
+    except AssertionError:
+        assert_matches(emulator.conversations, expected)
+        raise
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -100,15 +143,25 @@ async def consumed(worker: Worker) -> float:
     )
 
 
-async def leaders(bootstrap: str, topic: str) -> dict[int, int]:
-    """Partition -> id of the node leading it."""
+async def wait_consumed(worker: Worker, count: int) -> bool:
+    return await consumed(worker) >= count
+
+
+async def partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """The topic's partitions as the cluster describes them (leader, replicas, isr)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
     finally:
         await admin.close()
-    return {p["partition"]: p["leader"] for p in described["partitions"]}
+    assert described["error_code"] == 0, f"{topic}: error {described['error_code']}"
+    return list(described["partitions"])
+
+
+async def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> id of the node leading it."""
+    return {p["partition"]: p["leader"] for p in await partitions(bootstrap, topic)}
 
 
 async def topic_names(bootstrap: str) -> set[str]:
@@ -147,8 +200,7 @@ async def test_broker_restart_mid_stream_loses_and_doubles_nothing(
     topic, group = fresh("chat"), fresh("g")
     await make_topic(bootstrap, 3, name=topic)
     events = stream("b", 24)
-    cuts = [0, len(events) // 3, 2 * len(events) // 3, len(events)]
-    first, during, last = (events[a:b] for a, b in zip(cuts, cuts[1:], strict=False))
+    first, during, last = split(events, 3)
     expected = expected_bodies(events, tmp_path)
     worker = workers(
         bootstrap, topic, emulator, group=group, extra={"CONVERSATION_IDLE_TIMEOUT_SECONDS": "5"}
@@ -160,10 +212,7 @@ async def test_broker_restart_mid_stream_loses_and_doubles_nothing(
     )
     # Conversations are open in the worker (not yet idle) when the broker goes away; more
     # events are produced while it is down and wait in the producer until it is back.
-    restart = asyncio.create_task(asyncio.to_thread(kafka_private.restart))
-    await asyncio.sleep(0.2)
-    await produce(bootstrap, topic, during)
-    await restart
+    await produce_while(bootstrap, topic, during, kafka_private.restart)
     await wait_for(
         lambda: committed_to_the_end(bootstrap, group, topic), 60, "offsets committed after restart"
     )
@@ -180,7 +229,7 @@ async def test_broker_restart_mid_stream_loses_and_doubles_nothing(
     worker.kill()
     worker.start()
     await produce(bootstrap, topic, last)
-    await wait_for(lambda: all_logged(emulator, expected), 60, "every conversation logged")
+    await settle(emulator, expected, 60)
     await wait_for(
         lambda: committed_to_the_end(bootstrap, group, topic), 20, "offsets committed to the end"
     )
@@ -196,10 +245,6 @@ async def test_broker_restart_mid_stream_loses_and_doubles_nothing(
     assert code == 0
 
 
-async def wait_consumed(worker: Worker, count: int) -> bool:
-    return await consumed(worker) >= count
-
-
 @pytest.mark.cluster
 async def test_one_of_three_brokers_stopped_mid_stream(kafka_cluster, emulator, workers, tmp_path):
     """With replication factor 3 and min.insync.replicas 2, losing a leader loses nothing."""
@@ -207,8 +252,7 @@ async def test_one_of_three_brokers_stopped_mid_stream(kafka_cluster, emulator, 
     topic, group = fresh("chat"), fresh("g")
     await make_topic(bootstrap, 3, name=topic, replication_factor=3)
     events = stream("n", 24)
-    cuts = [0, len(events) // 4, len(events) // 2, 3 * len(events) // 4, len(events)]
-    parts = [events[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    parts = split(events, 4)
     expected = expected_bodies(events, tmp_path)
     worker = workers(
         bootstrap,
@@ -225,10 +269,7 @@ async def test_one_of_three_brokers_stopped_mid_stream(kafka_cluster, emulator, 
     led = await leaders(bootstrap, topic)
     victim = max(set(led.values()), key=list(led.values()).count)
     index = next(i for i, node in enumerate(kafka_cluster.nodes) if node.node_id == victim)
-    stop = asyncio.create_task(asyncio.to_thread(kafka_cluster.stop_node, index))
-    await asyncio.sleep(0.2)
-    await produce(bootstrap, topic, parts[1])
-    await stop
+    await produce_while(bootstrap, topic, parts[1], lambda: kafka_cluster.stop_node(index))
     moved = await leaders(bootstrap, topic)
     assert victim not in moved.values(), f"node {victim} still leads after stopping: {moved}"
     await produce(bootstrap, topic, parts[2])
@@ -239,14 +280,15 @@ async def test_one_of_three_brokers_stopped_mid_stream(kafka_cluster, emulator, 
 
     await asyncio.to_thread(kafka_cluster.start_node, index)
     await produce(bootstrap, topic, parts[3])
-    await wait_for(lambda: all_logged(emulator, expected), 60, "every conversation logged")
+    await settle(emulator, expected, 60)
     await wait_for(
         lambda: committed_to_the_end(bootstrap, group, topic), 30, "offsets committed to the end"
     )
     assert_matches(emulator.conversations, expected)
     history_only_grows(emulator)
-    described = await leaders(bootstrap, f"{topic}.state")
-    assert len(described) == 3
+    for own in (f"{topic}.state", f"{topic}.dlq"):
+        replicas = [len(p["replicas"]) for p in await partitions(bootstrap, own)]
+        assert replicas == [3, 3, 3], f"{own}: replicas per partition {replicas}"
     assert worker.alive()
     code, _ = await worker.terminate()
     assert code == 0

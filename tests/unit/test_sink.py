@@ -305,8 +305,11 @@ async def test_a_refused_key_pauses_until_it_works_and_nothing_is_lost():
         assert len(refused) > len(conversations)
     assert metrics.REGISTRY.get_sample_value("inkeep_consumer_auth_failing") == 0
     events = [entry["event"] for entry in logs]
-    assert events.count("the API key was refused (401)") == 1
-    assert events.count("the API accepts the key again") == 1
+    assert events.count("api_key_refused") == 1
+    assert [e["detail"] for e in logs if e["event"] == "api_key_refused"] == [
+        "the API key was refused (401)"
+    ]
+    assert events.count("api_key_accepted") == 1
     assert API_KEY not in repr(logs)
 
 
