@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -48,6 +49,13 @@ REFUSALS = {
     ),
     "too_large": "not sent: cannot be cut to fit the API's body limit",
 }
+
+
+class _PendingCheckpoint(NamedTuple):
+    """State and dead-letter records on their way to the broker, and what they make committable."""
+
+    acks: list[asyncio.Future[Any]]
+    offsets: dict[TopicPartition, int]
 
 
 class _Partition:
@@ -115,6 +123,8 @@ class Worker:
         self._unacked: list[asyncio.Future[Any]] = []
         self._paused: str | None = None
         self._failed = False
+        self._activity = False
+        self._checkpoints: deque[_PendingCheckpoint] = deque()
         self._next_tick = 0.0
         self._next_checkpoint = 0.0
         self._consumer: AIOKafkaConsumer | None = None
@@ -176,6 +186,8 @@ class Worker:
             acks="all",
             enable_idempotence=True,
             max_request_size=LARGE_RECORD_BYTES,
+            # State records of many conversations go out together at each checkpoint.
+            max_batch_size=1024 * 1024,
             linger_ms=5,
         )
         await self._producer.start()
@@ -211,8 +223,13 @@ class Worker:
                 self._tick(now)
             await self._send_dead_letters()
             self._backpressure()
-            if now >= self._next_checkpoint:
-                await self._checkpoint(list(self._parts.values()))
+            await self._settle(block=False)
+            # On the interval, and as soon as the input is drained, so a quiet partition's
+            # offsets do not wait a whole interval; one checkpoint in flight at a time.
+            due = now >= self._next_checkpoint or (not batch and self._activity)
+            if due and not self._checkpoints:
+                self._activity = False
+                await self._checkpoint(list(self._parts.values()), wait=False)
                 self._next_checkpoint = now + self.settings.commit_interval_seconds
         self.health.beat()
 
@@ -240,6 +257,7 @@ class Worker:
     def _handle(self, part: _Partition, record: Any, now: float) -> None:
         """One input record: into the engine, or to the dead-letter topic. Never raises."""
         part.position = record.offset + 1
+        self._activity = True
         value: bytes | None = record.value
         try:
             event = self._decode(value)
@@ -325,6 +343,7 @@ class Worker:
             self.health.set_api_reachable(self._sink.reachable)
 
     def _delivered(self, part: _Partition, flush: Flush, delivery: Delivery, now: float) -> None:
+        self._activity = True  # An acknowledgement may release held offsets.
         context = {
             "conversation_id": flush.conversation_id,
             "partition": part.tp.partition,
@@ -474,22 +493,24 @@ class Worker:
             metrics.paused.labels(self._paused).set(0)
             self._paused = None
 
-    async def _checkpoint(self, parts: list[_Partition]) -> None:
+    async def _checkpoint(self, parts: list[_Partition], *, wait: bool) -> None:
         """Makes the handled records durable, then commits their offsets.
 
         The order is the whole point; do not reorder:
         1. produce the state of every conversation changed since the last
            checkpoint to the state topic, in the partition of its input;
         2. wait until the broker has every state and dead-letter record
-           (acks=all) — a failure here stops the worker before anything is
-           committed, and the next owner replays from the last commit;
+           (acks=all) — a failure here stops the worker before anything more
+           is committed, and the next owner replays from the last commit;
         3. commit each partition's position, held back to the first event of
            any conversation whose flush the API has not acknowledged yet, so
            that while the API is down offsets never pass unflushed work.
         A committed offset therefore never covers an event whose effect exists
-        only in this process.
+        only in this process. Steps 2 and 3 run in `_settle`: the loop goes on
+        while the broker acknowledges (`wait=False`); checkpoints settle in the
+        order they were taken, so commits only move forward. A revocation or
+        shutdown waits (`wait=True`).
         """
-        assert self._consumer is not None
         if self._failed:
             return
         await self._send_dead_letters()
@@ -503,27 +524,46 @@ class Worker:
             target = part.position
             if target is not None and checkpoint.hold is not None:
                 target = min(target, checkpoint.hold)
-            if target is not None and (part.committed is None or target > part.committed):
+            if target is not None:
                 offsets[part.tp] = target
-        unacked, self._unacked = self._unacked, []
-        try:
-            await asyncio.gather(*unacked)
-        except BaseException:
-            self.fail()
-            raise
         metrics.state_records_written.inc(written)
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:
-            # Safe to skip: the state is durable, and whoever replays from the last
-            # commit finds these events already applied.
-            log.warning("commit_failed", error=f"{type(exc).__name__}: {exc}")
-            return
-        metrics.offsets_committed.inc(len(offsets))
-        for tp, offset in offsets.items():
-            self._parts[tp].committed = offset
+        acks, self._unacked = self._unacked, []
+        self._checkpoints.append(_PendingCheckpoint(acks, offsets))
+        if wait:
+            await self._settle(block=True)
+
+    async def _settle(self, *, block: bool) -> None:
+        """Steps 2 and 3 of `_checkpoint`, oldest checkpoint first."""
+        assert self._consumer is not None
+        while self._checkpoints:
+            head = self._checkpoints[0]
+            if not block and not all(ack.done() for ack in head.acks):
+                return
+            self._checkpoints.popleft()
+            try:
+                await asyncio.gather(*head.acks)
+            except BaseException:
+                self.fail()
+                raise
+            if self._failed:
+                return
+            offsets = {
+                tp: offset
+                for tp, offset in head.offsets.items()
+                if tp in self._parts and offset > (self._parts[tp].committed or -1)
+            }
+            if not offsets:
+                continue
+            try:
+                await self._consumer.commit(offsets)
+            except KafkaError as exc:
+                # Safe to skip: the state is durable, and whoever replays from the last
+                # commit finds these events already applied.
+                log.warning("commit_failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            metrics.offsets_committed.inc(len(offsets))
+            for tp, offset in offsets.items():
+                self._parts[tp].committed = offset
 
     async def _drain(self, parts: list[_Partition], deadline: float) -> None:
         """Lets the given partitions' flushes finish, feeding results back, until `deadline`."""
@@ -554,7 +594,7 @@ class Worker:
         for part in parts:
             self._dispatch(part, part.engine.flush_open(trigger, now))
         await self._drain(parts, deadline)
-        await self._checkpoint(parts)
+        await self._checkpoint(parts, wait=True)
         for part in parts:
             for task in part.tasks:
                 task.cancel()

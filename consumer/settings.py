@@ -65,7 +65,7 @@ class Settings:
     commit_interval_seconds: float = 5.0
     shutdown_grace_seconds: float = 25.0
     max_open_conversations: int = 100_000
-    max_buffered_records: int = 10_000
+    max_buffered_records: int = 500
     max_pending_flushes: int = 1000
     max_record_bytes: int = 1_048_576
     inkeep_max_concurrency: int = 16

@@ -38,7 +38,7 @@ def test_defaults_match_the_operator_interface():
     assert s.commit_interval_seconds == 5
     assert s.shutdown_grace_seconds == 25
     assert s.max_open_conversations == 100_000
-    assert s.max_buffered_records == 10_000
+    assert s.max_buffered_records == 500
     assert s.max_pending_flushes == 1000
     assert s.max_record_bytes == 1_048_576
     assert s.inkeep_max_concurrency == 16
