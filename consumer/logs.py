@@ -1,9 +1,11 @@
 """Structured logs: one JSON object a line (or a readable console), for every library.
 
-structlog and the standard library (aiokafka, aiohttp) share one processor chain
-through `ProcessorFormatter`, so a log shipper sees a single format. A redaction
-step runs last on every line as defence in depth: secrets are masked whatever the
-level, and message content is dropped from anything above debug.
+structlog and the standard library (aiokafka, aiohttp) share one processor chain,
+so a log shipper sees a single format. The worker's own lines skip the standard
+library's machinery and are written straight to stderr (a line per flushed
+conversation must stay cheap); library lines go through `ProcessorFormatter`.
+A redaction step runs last on every line as defence in depth: secrets are masked
+whatever the level, and message content is dropped from anything above debug.
 """
 
 from __future__ import annotations
@@ -74,10 +76,32 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
     return cleaned
 
 
-def _render_json(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> str:
+def _ordered_json(event_dict: EventDict) -> bytes:
     ordered = {key: event_dict.pop(key) for key in _FIRST_KEYS if key in event_dict}
     ordered.update(event_dict)
-    return _encoder.encode(ordered).decode()
+    return _encoder.encode(ordered)
+
+
+def _render_json(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> str:
+    return _ordered_json(event_dict).decode()
+
+
+def _render_json_bytes(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> bytes:
+    return _ordered_json(event_dict)
+
+
+class _NamedLogger(structlog.BytesLogger):
+    """structlog's fast writer, with the module name `add_logger_name` reads."""
+
+    def __init__(self, name: str | None) -> None:
+        super().__init__(sys.stderr.buffer)
+        self.name = name or "consumer"
+
+
+class _NamedTextLogger(structlog.PrintLogger):
+    def __init__(self, name: str | None) -> None:
+        super().__init__(sys.stderr)
+        self.name = name or "consumer"
 
 
 def _shared_processors() -> list[Processor]:
@@ -122,9 +146,16 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(library_level)
 
+    own: list[Processor] = [*shared, redact]
+    if fmt == "json":
+        own += [structlog.processors.format_exc_info, _render_json_bytes]
+        factory: Any = _NamedLogger
+    else:
+        own += tail
+        factory = _NamedTextLogger
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=own,
+        logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         cache_logger_on_first_use=True,
     )
