@@ -36,12 +36,19 @@ class BenchError(Exception):
 class Child:
     """A child process, its log file, and its resource use."""
 
-    def __init__(self, name: str, command: list[str], log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        log_dir: Path,
+        env: dict[str, str],
+        cwd: Path = ROOT,
+    ) -> None:
         self.name = name
         self.log = log_dir / f"{name}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         self.started = time.monotonic()
         self.code: int | None = None
@@ -240,28 +247,38 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
-def spy_summary(raw: Path, rows: int = 14) -> str:
-    """py-spy's raw samples: the idle share and the functions most often on the stack."""
+def spy_summary(raw: Path, rows: int = 10) -> str:
+    """py-spy's raw samples: the idle share, the busiest leaves, and the worker's own frames."""
     total = idle = 0
-    inclusive: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    ours: dict[str, int] = {}
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         samples = int(count)
-        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        frames = stack.split(";")
         total += samples
-        if frames[-1].endswith("Selector.select"):
+        if frames[-1].startswith("EpollSelector.select"):
             idle += samples
             continue
-        for name in set(frames):
-            inclusive[name] = inclusive.get(name, 0) + samples
+        leaf = _frame_name(frames[-1])
+        leaves[leaf] = leaves.get(leaf, 0) + samples
+        own = {_frame_name(f) for f in frames if "(consumer/" in f and "cli.py" not in f}
+        for name in own:
+            ours[name] = ours.get(name, 0) + samples
     if not total:
         return "  (no samples)"
-    lines = [f"  py-spy: {total:,} samples, {idle / total:.0%} idle in select; busy frames:"]
-    skip = {"_run_module_as_main", "_run_code", "<module>", "main", "_run", "run", "Runner.run"}
-    ranked = sorted(inclusive.items(), key=lambda item: item[1], reverse=True)
-    shown = [(name, n) for name, n in ranked if name not in skip and "EventLoop" not in name]
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in shown[:rows]]
+    lines = [f"  py-spy: {total:,} samples, {idle / total:.0%} idle in select"]
+    for title, counts in (("busiest leaves", leaves), ("consumer/ frames, inclusive", ours)):
+        lines.append(f"  {title}:")
+        ranked = sorted(counts.items(), key=lambda item: item[1], reverse=True)[:rows]
+        lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in ranked]
     return "\n".join(lines)
+
+
+def _frame_name(frame: str) -> str:
+    """`Worker._step (consumer/runtime.py:171)` -> `Worker._step (runtime.py)`."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({Path(where.split(':')[0]).name})" if where else name
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -62,6 +63,7 @@ PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "me
 EXTRA_PHASES = ("inline",)
 """Run only when named: the straightforward implementation awaiting each post in place."""
 MB = 1024 * 1024
+SETTINGS = frozenset(f.name for f in dataclasses.fields(Settings))
 
 
 @dataclass
@@ -156,7 +158,8 @@ async def contender(bench: Bench, load: Workload, script: str, *extra: str) -> d
     if await child.wait(bench.args.timeout) != 0:
         raise BenchError(f"{name} failed\n{child.tail()}")
     seconds = time.monotonic() - child.started
-    shares = meter.shares(**{name: child.cpu_seconds or 0.0})
+    cpu_seconds = child.cpu_seconds or 0.0
+    shares = meter.shares(**{name: cpu_seconds})
     inner = json.loads(child.output().splitlines()[-1])
     if inner["records"] != len(load.records):
         raise BenchError(f"{name} read {inner['records']} of {len(load.records)} records")
@@ -166,6 +169,7 @@ async def contender(bench: Bench, load: Workload, script: str, *extra: str) -> d
         "seconds_after_imports": inner["seconds"],
         "peak_rss_mb": inner["peak_rss_kb"] / 1024,
         "cpu": shares,
+        "cpu_us_per_event": cpu_seconds / len(load.records) * 1e6,
         "failures": inner.get("failures", 0),
     }
 
@@ -176,7 +180,8 @@ async def phase_bare(bench: Bench, load: Workload) -> None:
     print(
         f"bare aiokafka loop: {result['events_per_second']:,.0f} events/s "
         f"({result['seconds']:.2f}s, of which {result['seconds_after_imports']:.2f}s after "
-        f"imports; peak RSS {result['peak_rss_mb']:.0f} MB)"
+        f"imports; peak RSS {result['peak_rss_mb']:.0f} MB; "
+        f"{result['cpu_us_per_event']:.0f} us CPU per event)"
     )
     print(cpu_line(result["cpu"]))
 
@@ -196,7 +201,8 @@ async def phase_straightforward(bench: Bench, load: Workload, *, inline: bool = 
     print(
         f"{label}: {result['events_per_second']:,.0f} events/s "
         f"({result['seconds']:.2f}s, {stats['requests']:,} requests; "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB)"
+        f"peak RSS {result['peak_rss_mb']:.0f} MB; "
+        f"{result['cpu_us_per_event']:.0f} us CPU per event)"
     )
     print(cpu_line(result["cpu"]))
 
@@ -215,8 +221,11 @@ def worker_env(bench: Bench, topic: str, group: str, **settings: Any) -> dict[st
         "log_level": "info",
         **settings,
     }
-    if bench.args.commit_interval:
-        values.setdefault("commit_interval_seconds", bench.args.commit_interval)
+    for assignment in bench.args.set:
+        name, _, value = assignment.partition("=")
+        if name.lower() not in SETTINGS:
+            raise BenchError(f"--set {assignment}: {name} is not a setting")
+        values.setdefault(name.lower(), value)
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("KAFKA_", "INKEEP_"))
     }
@@ -228,6 +237,7 @@ def worker_env(bench: Bench, topic: str, group: str, **settings: Any) -> dict[st
 def spawn_worker(
     bench: Bench, name: str, env: dict[str, str], profile: Path | None = None
 ) -> Child:
+    """`python -m consumer run`, from `--worker-root` when given (to compare two versions)."""
     command = [PYTHON, "-m", "consumer", "run"]
     if profile is not None:
         command = [
@@ -238,11 +248,9 @@ def spawn_worker(
             "pyisession",
             "-o",
             str(profile),
-            "-m",
-            "consumer",
-            "run",
+            *command[1:],
         ]
-    return Child(name, command, bench.work, env)
+    return Child(name, command, bench.work, env, cwd=Path(bench.args.worker_root or ROOT))
 
 
 async def ready(bench: Bench, child: Child, env: dict[str, str], timeout: float = 60.0) -> None:
@@ -293,7 +301,8 @@ async def end_to_end(
         await asyncio.sleep(0.1)
     stats = await bench.sink.stats()
     hwm = [child.status_kb("VmHWM") for child in children]
-    shares = meter.shares(**{c.name: c.cpu_now() for c in children})
+    used = {c.name: c.cpu_now() for c in children}
+    shares = meter.shares(**used)
     await stop_all(children)
     codes = [child.code for child in children]
     seconds = done - began
@@ -304,6 +313,7 @@ async def end_to_end(
         "requests": stats["requests"],
         "request_bytes": stats["bytes"],
         "cpu": shares,
+        "cpu_us_per_event": sum(used.values()) / len(load.records) * 1e6,
         "peak_rss_mb": max(hwm) / 1024,
         "exit_codes": codes,
         "state_topic": f"{group}.state",
@@ -322,7 +332,8 @@ async def phase_worker(bench: Bench, load: Workload) -> None:
         f"worker: {rate:,.0f} events/s ({result['seconds']:.2f}s to offsets committed, "
         f"{result['acked_seconds']:.2f}s to the last 200; {result['requests']:,} requests, "
         f"mean body {result['request_bytes'] / max(result['requests'], 1):,.0f} B; "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB; exit {result['exit_codes']})"
+        f"peak RSS {result['peak_rss_mb']:.0f} MB; {result['cpu_us_per_event']:.0f} us CPU "
+        f"per event; exit {result['exit_codes']})"
     )
     print(
         f"  state topic: {records:,} records, {size / MB:,.0f} MB "
@@ -337,6 +348,17 @@ async def phase_worker(bench: Bench, load: Workload) -> None:
         f"  = {result.get('ratio_bare', float('nan')):.2f}x bare (target >= 0.6), "
         f"{result.get('ratio_straightforward', float('nan')):.2f}x straightforward (target >= 3)"
     )
+    costs = {
+        name: bench.results[name]["cpu_us_per_event"]
+        for name in ("bare", "straightforward")
+        if name in bench.results
+    }
+    if costs:
+        mine = result["cpu_us_per_event"]
+        print(
+            "  CPU per event, less contended than wall time: "
+            + ", ".join(f"{mine / cost:.1f}x {name}'s" for name, cost in costs.items())
+        )
 
 
 def sample_bodies(load: Workload, limit: int) -> list[bytes]:
@@ -493,7 +515,7 @@ def start_spy(bench: Bench, child: Child) -> Child:
     if not Path(found).exists():
         raise BenchError("--spy needs py-spy: pip install py-spy")
     command = [
-        *(found, "record", "--pid", str(child.pid), "--idle", "--nonblocking"),
+        *(found, "record", "--pid", str(child.pid), "--idle"),
         *("--format", "raw", "--rate", "100", "-o", str(bench.work / "latency.spy.txt")),
     ]
     return Child("py-spy", command, bench.work, dict(os.environ))
@@ -594,9 +616,11 @@ def self_time_table(path: Path, rows: int = 25) -> str:
     stack = [root]
     while stack:
         frame = stack.pop()
-        stack.extend(frame.children)
+        real = [child for child in frame.children if not child.is_synthetic]
+        stack.extend(real)
         where = f"{frame.function} ({Path(frame.file_path or '?').name}:{frame.line_no})"
-        totals[where] = totals.get(where, 0.0) + frame.total_self_time
+        own = frame.time - sum(child.time for child in real)
+        totals[where] = totals.get(where, 0.0) + own
     whole = root.time
     lines = [f"  self time, share of {whole:.1f}s sampled:"]
     ranked = sorted(totals.items(), key=lambda item: item[1], reverse=True)[:rows]
@@ -680,7 +704,14 @@ def main() -> int:
     add("--latency-seconds", type=float, default=30.0, help="length of the paced run")
     add("--open-conversations", type=int, default=100_000, help="for the memory phase")
     add("--sink-requests", type=int, default=20_000, help="requests in the sink-alone phase")
-    add("--commit-interval", type=float, default=None, help="COMMIT_INTERVAL_SECONDS of workers")
+    add(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a worker setting, e.g. --set MAX_BUFFERED_RECORDS=500 (repeatable)",
+    )
+    add("--worker-root", default=None, help="run the worker from this checkout instead")
     add("--timeout", type=float, default=300.0, help="limit for each phase, seconds")
     add("--profile", action="store_true", help="also profile the worker with pyinstrument")
     add("--spy", action="store_true", help="sample the latency phase's worker with py-spy")
