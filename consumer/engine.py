@@ -18,7 +18,7 @@ import enum
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -241,10 +241,10 @@ class PartitionEngine:
         if conv is None:
             self.duplicates += 1
             return []
-        self._touch(conv, event, key, offset, now)
+        occurred = self._touch(conv, event, key, offset, now)
         if isinstance(event, events.ConversationEnded):
             return self._request(conv, Trigger.ENDED, now)
-        state.apply_completion(conv, event, event.occurred_at.astimezone(UTC))
+        state.apply_completion(conv, event, occurred)
         conv.closing = False
         self._active[cid] = None
         self._active.move_to_end(cid)
@@ -346,8 +346,8 @@ class PartitionEngine:
         key: int,
         offset: int,
         now: float,
-    ) -> None:
-        """What every applied event changes, whatever its type."""
+    ) -> datetime:
+        """What every applied event changes, whatever its type; returns when it occurred, in UTC."""
         conv.seen.add(key)
         conv.last_offset = offset
         conv.last_event_at = now
@@ -364,6 +364,7 @@ class PartitionEngine:
         if conv.in_flight and conv.since_issue_from is None:
             conv.since_issue_from = offset
         self._changed[conv.id] = None
+        return occurred
 
     def _request(
         self, conv: state.ConversationState, trigger: Trigger, now: float

@@ -100,6 +100,8 @@ Record = ConversationState | Marker
 _record_encoder = msgspec.msgpack.Encoder()
 _record_decoder: msgspec.msgpack.Decoder[Record] = msgspec.msgpack.Decoder(Record)
 _fingerprint_encoder = msgspec.msgpack.Encoder(order="sorted")
+_hash = blake2b(digest_size=8)
+"""Copied for each 8-byte hash: cheaper than setting blake2b up anew."""
 _json_encoder = msgspec.json.Encoder(order="sorted")
 
 
@@ -122,7 +124,7 @@ def decode_record(value: bytes) -> Record:
 
 def event_key(event_id: str) -> int:
     """The seen-set key of an event id: 8 bytes of blake2b are plenty within one conversation."""
-    return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "little")
+    return _hash64(event_id.encode())
 
 
 def message_id_prefix(conversation_id: str) -> str:
@@ -158,10 +160,11 @@ def fingerprint(message: events.Message) -> int:
                 )
                 for p in content
             ]
+    role = message.role
     calls = message.tool_calls
     legacy = message.function_call
     key = (
-        "system" if message.role == "developer" else message.role,
+        "system" if role == "developer" else role,
         content,
         message.name,
         [
@@ -173,8 +176,13 @@ def fingerprint(message: events.Message) -> int:
         message.tool_call_id,
         (legacy.name, legacy.arguments) if legacy is not None else None,
     )
-    digest = blake2b(_fingerprint_encoder.encode(key), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    return _hash64(_fingerprint_encoder.encode(key))
+
+
+def _hash64(data: bytes) -> int:
+    digest = _hash.copy()
+    digest.update(data)
+    return int.from_bytes(digest.digest(), "little")
 
 
 def apply_completion(
@@ -197,27 +205,12 @@ def apply_completion(
         for message in messages:
             _append(state, message, fingerprint(message), occurred)
     else:
-        known = state.fingerprints
-        end = len(known)
-        marks = [fingerprint(message) for message in messages]
-        tail = _aligned_tail(marks, messages, known)
-        if tail is not None:
-            start, stop = tail
-            fresh = [i for i in range(start) if marks[i] not in known]
-            for i in [*fresh, *range(stop, len(messages))]:
-                _append(state, messages[i], marks[i], occurred)
-        else:
-            pointer = 0
-            for message, mark in zip(messages, marks, strict=True):
-                try:
-                    pointer = known.index(mark, pointer, end) + 1
-                except ValueError:
-                    _append(state, message, mark, occurred)
-            if pointer >= end:
-                pointer = None
+        pointer = _apply_full(state, messages, occurred)
     response = event.response
     reply = response.choices[0] if response is not None and response.choices else None
     if response is None or reply is None or reply.message is None:
+        return
+    if pointer is not None and _same(reply.message, state.entries[pointer]):
         return
     mark = fingerprint(reply.message)
     if pointer is not None and state.fingerprints[pointer] == mark:
@@ -228,43 +221,146 @@ def apply_completion(
     _append(state, reply.message, mark, created, _reply_properties(event, response, reply))
 
 
+def _apply_full(
+    state: ConversationState, messages: list[events.Message], occurred: datetime
+) -> int | None:
+    """Appends what a `full` request adds; returns where the walk stopped, if inside the history."""
+    known = state.fingerprints
+    end = len(known)
+    request = _Request(messages, state.entries, known)
+    tail = request.aligned_tail()
+    if tail is not None:
+        start, stop = tail
+        fresh = [i for i in range(start) if not request.is_known(i)]
+        for i in [*fresh, *range(stop, len(messages))]:
+            _append(state, messages[i], request.mark(i), occurred)
+        return None
+    pointer = 0
+    for i, message in enumerate(messages):
+        if pointer < end and request.matches(i, pointer):
+            pointer += 1
+            continue
+        mark = request.mark(i)
+        try:
+            pointer = known.index(mark, pointer, end) + 1
+        except ValueError:
+            _append(state, message, mark, occurred)
+    return pointer if pointer < end else None
+
+
 def _reply_properties(
     event: events.ChatCompletion, response: events.Response, reply: events.Choice
 ) -> dict[str, Any]:
-    found = {
-        "model": response.model or event.request.model,
-        "finish_reason": reply.finish_reason,
-        "usage": response.usage,
-        "completion_id": response.id,
-        "latency_ms": event.latency_ms,
-    }
-    return {key: value for key, value in found.items() if value is not None}
+    found: dict[str, Any] = {}
+    model = response.model or event.request.model
+    if model is not None:
+        found["model"] = model
+    if reply.finish_reason is not None:
+        found["finish_reason"] = reply.finish_reason
+    if response.usage is not None:
+        found["usage"] = response.usage
+    if response.id is not None:
+        found["completion_id"] = response.id
+    if event.latency_ms is not None:
+        found["latency_ms"] = event.latency_ms
+    return found
 
 
-def _aligned_tail(
-    marks: list[int], messages: list[events.Message], known: list[int]
-) -> tuple[int, int] | None:
-    """`(start, stop)` when `marks[start:stop]` is the end of `known`, or None.
+class _Request:
+    """A `full` request's messages against the known history, fingerprinted only where needed.
 
-    `stop` is the largest such, and `start` the smallest, skipping at most the
-    system messages at the front. Anchoring on the end of the known history, not on
-    the first equal message, keeps a repeated turn ("hi" again) from being taken
-    for an old one when the history is trimmed.
+    Most of a request is history already known, and a message is usually compared
+    with the very entry it was made from, which `_same` confirms cheaply; so
+    fingerprints are computed for the new messages (which need one to be stored)
+    and where `_same` cannot decide. Every answer is the one fingerprints give.
     """
-    end = len(known)
-    if not end:
-        return None
-    front = 0
-    while front < len(messages) and messages[front].role in ("system", "developer"):
-        front += 1
-    for stop in range(len(marks), 0, -1):
-        if marks[stop - 1] != known[-1]:
-            continue
-        for start in range(min(front, stop - 1) + 1):
-            length = stop - start
-            if length <= end and marks[start:stop] == known[end - length :]:
+
+    __slots__ = ("entries", "known", "marks", "messages")
+
+    def __init__(
+        self, messages: list[events.Message], entries: list[Entry], known: list[int]
+    ) -> None:
+        self.messages = messages
+        self.entries = entries
+        self.known = known
+        self.marks: list[int | None] = [None] * len(messages)
+
+    def mark(self, index: int) -> int:
+        mark = self.marks[index]
+        if mark is None:
+            mark = self.marks[index] = fingerprint(self.messages[index])
+        return mark
+
+    def matches(self, index: int, position: int) -> bool:
+        """Whether message `index` has the fingerprint of known entry `position`."""
+        mark = self.marks[index]
+        if mark is None:
+            message = self.messages[index]
+            if _same(message, self.entries[position]):
+                return True
+            mark = self.marks[index] = fingerprint(message)
+        return mark == self.known[position]
+
+    def is_known(self, index: int) -> bool:
+        """Whether message `index` has the fingerprint of any known entry.
+
+        The entry at the same place is tried first: a system prompt kept at the front.
+        """
+        if self.marks[index] is None and index < len(self.known) and self.matches(index, index):
+            return True
+        return self.mark(index) in self.known
+
+    def aligned_tail(self) -> tuple[int, int] | None:
+        """`(start, stop)` when messages `start:stop` are the end of the known history, or None.
+
+        `stop` is the largest such, and `start` the smallest, skipping at most the
+        system messages at the front. Anchoring on the end of the known history, not
+        on the first equal message, keeps a repeated turn ("hi" again) from being
+        taken for an old one when the history is trimmed.
+        """
+        end = len(self.known)
+        if not end:
+            return None
+        messages = self.messages
+        front = 0
+        while front < len(messages) and messages[front].role in ("system", "developer"):
+            front += 1
+        for stop in range(len(messages), 0, -1):
+            if not self.matches(stop - 1, end - 1):
+                continue
+            shift = end - stop
+            start = stop - 1
+            while start > 0 and start + shift > 0 and self.matches(start - 1, start - 1 + shift):
+                start -= 1
+            if start <= front:
                 return start, stop
-    return None
+        return None
+
+
+def _same(message: events.Message, entry: Entry) -> bool:
+    """True only if `entry` was made from a message with the fingerprint of `message`.
+
+    A cheap test for plain text messages; False says nothing. An entry keeps the
+    role, name, tool call id and text it was made from (no content as ""), except
+    that a refusal may stand in for an empty text; tool calls and legacy function
+    calls are left to the fingerprint.
+    """
+    content = message.content
+    properties = entry.properties
+    return (
+        isinstance(content, str)
+        and content == entry.content
+        and message.role == entry.role
+        and message.tool_call_id == entry.tool_call_id
+        and message.name == entry.name
+        and not message.tool_calls
+        and entry.tool_calls is None
+        and message.function_call is None
+        and (
+            properties is None
+            or ("refusal" not in properties and "function_call" not in properties)
+        )
+    )
 
 
 def merge_meta(meta: Meta, update: events.ConversationMeta) -> None:

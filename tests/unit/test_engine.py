@@ -228,6 +228,128 @@ def test_edited_turn_keeps_both_branches_in_arrival_order():
     ]
 
 
+def test_edited_middle_turn_with_the_same_first_and_last_messages_keeps_both_branches():
+    """Equal ends do not make the history between them known: every known message is checked."""
+    run = Run()
+    run.feed(
+        completion("c", [SYSTEM, user("a")], assistant("A")),
+        completion("c", [SYSTEM, user("a"), assistant("A"), user("b")], assistant("B")),
+        completion(
+            "c",
+            [SYSTEM, user("a"), assistant("A rewritten"), user("b"), assistant("B"), user("c")],
+            assistant("C"),
+        ),
+    )
+    assert [content for _, content in texts(run.final())] == [
+        SYSTEM["content"],
+        "a",
+        "A",
+        "b",
+        "B",
+        "A rewritten",
+        "c",
+        "C",
+    ]
+
+
+@pytest.mark.parametrize(
+    "resent",
+    [
+        {"role": "developer", "content": SYSTEM["content"]},
+        {"role": "system", "content": [{"type": "text", "text": SYSTEM["content"]}]},
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": "You answer questions "},
+                {"type": "text", "text": "about Acme's docs."},
+            ],
+        },
+    ],
+)
+def test_known_messages_sent_again_in_an_equivalent_form_are_logged_once(resent):
+    run = Run()
+    run.feed(
+        completion("c", [SYSTEM, user("a")], assistant("A")),
+        completion("c", [resent, user("a"), assistant("A"), user("b")], assistant("B")),
+        completion(
+            "c",
+            [
+                resent,
+                {"role": "user", "content": [{"type": "text", "text": "b"}]},
+                assistant("B"),
+                user("c"),
+            ],
+            assistant("C"),
+        ),
+    )
+    assert [content for _, content in texts(run.final())] == [
+        SYSTEM["content"],
+        "a",
+        "A",
+        "b",
+        "B",
+        "c",
+        "C",
+    ]
+
+
+CALL = {"id": "k1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+LEGACY = {"name": "f", "arguments": "{}"}
+
+
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        (assistant(None, refusal="No."), assistant("No.")),
+        (assistant("x", function_call=LEGACY), assistant("x")),
+        (assistant("x"), assistant("x", function_call=LEGACY)),
+        (assistant("x", tool_calls=[CALL]), assistant("x")),
+        (assistant("x"), assistant("x", tool_calls=[CALL])),
+        (assistant("x"), assistant("x", name="ann")),
+        (assistant("x"), assistant("x", tool_call_id="k1")),
+        (assistant("x"), user("x")),
+    ],
+)
+def test_a_message_that_only_looks_like_the_known_one_is_logged_as_new(first, again):
+    """What a logged message does not show (refusal, calls, ids) still tells two messages apart."""
+    run = Run()
+    run.feed(
+        completion("c", [user("q")], first),
+        completion("c", [user("q"), again, user("next")], assistant("done")),
+    )
+    assert len(run.final()["messages"]) == 5
+
+
+def test_a_tool_result_for_another_call_is_logged_as_new():
+    call_2 = {**CALL, "id": "k2"}
+    run = Run()
+    run.feed(
+        completion("c", [user("q")], assistant(None, tool_calls=[CALL, call_2])),
+        completion(
+            "c",
+            [
+                user("q"),
+                assistant(None, tool_calls=[CALL, call_2]),
+                {"role": "tool", "tool_call_id": "k1", "content": "42"},
+            ],
+        ),
+        completion(
+            "c",
+            [
+                user("q"),
+                assistant(None, tool_calls=[CALL, call_2]),
+                {"role": "tool", "tool_call_id": "k2", "content": "42"},
+            ],
+            assistant("done"),
+        ),
+    )
+    messages = run.final()["messages"]
+    assert messages[1]["properties"]["tool_results"] == [
+        {"tool_call_id": "k1", "content": "42"},
+        {"tool_call_id": "k2", "content": "42"},
+    ]
+
+
 def test_regenerated_reply_keeps_both_replies():
     run = Run()
     run.feed(

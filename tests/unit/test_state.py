@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import zlib
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from consumer import events, payload, state
 from consumer.errors import StateError
@@ -168,3 +171,145 @@ def test_tags_union_in_first_seen_order_and_properties_merge():
     assert meta.tags == ["a", "b", "c"]
     assert meta.properties == {"x": 1, "y": 2}
     assert first_properties == {"x": 1}  # A body already decided keeps what it had.
+
+
+# --- Alignment against a reference that fingerprints every message ----------------------
+
+TEXTS = st.sampled_from(["", "hi", "more"])
+MOMENT = datetime(2026, 11, 23, 10, 15, 2, tzinfo=UTC)
+
+
+@st.composite
+def sent_message(draw: st.DrawFn, role: str | None = None) -> dict[str, Any]:
+    """A message as a producer sends it, from a small pool so that repeats are common."""
+    role = role or draw(st.sampled_from(["system", "developer", "user", "assistant", "tool"]))
+    value: dict[str, Any] = {"role": role}
+    kind = draw(st.integers(0, 5))
+    if kind <= 2:
+        value["content"] = draw(TEXTS)
+    elif kind == 3:
+        value["content"] = None
+    elif kind == 4:
+        value["content"] = [{"type": "text", "text": draw(TEXTS)}]
+    else:
+        value["content"] = [{"type": "image_url", "image_url": {"url": draw(TEXTS)}}]
+    if draw(st.integers(0, 9)) == 0:
+        value["name"] = "ann"
+    if role == "tool" or draw(st.integers(0, 19)) == 0:
+        value["tool_call_id"] = draw(st.sampled_from(["k1", "k2"]))
+    if role == "assistant":
+        extra = draw(st.integers(0, 4))
+        if extra == 0:
+            value["tool_calls"] = [
+                {"id": "k1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ]
+        elif extra == 1:
+            value["refusal"] = draw(TEXTS)
+        elif extra == 2:
+            value["function_call"] = {"name": "f", "arguments": "{}"}
+    return value
+
+
+ALTERED = (
+    lambda v: (
+        {**v, "content": [{"type": "text", "text": v["content"]}]}
+        if isinstance(v.get("content"), str)
+        else v
+    ),
+    lambda v: {**v, "content": None} if v.get("content") == "" else {**v, "content": ""},
+    lambda v: {**v, "role": {"system": "developer", "developer": "system"}.get(v["role"], "user")},
+    lambda v: {**v, "content": v.get("refusal") or "", "refusal": None},
+    lambda v: {**v, "refusal": None, "function_call": None, "tool_calls": None},
+    lambda v: {**v, "function_call": {"name": "f", "arguments": "{}"}},
+    lambda v: {**v, "name": None if v.get("name") else "ann"},
+    lambda v: {**v, "tool_call_id": None if v.get("tool_call_id") else "k1"},
+    lambda v: {**v, "tool_calls": [{"id": "k2", "type": "custom", "custom": {"input": "x"}}]},
+)
+"""Forms a message can take when sent again: some equivalent to the first, some not."""
+
+
+@st.composite
+def resent(draw: st.DrawFn, value: dict[str, Any]) -> dict[str, Any]:
+    """A message sent again: mostly as it was, else altered."""
+    if draw(st.booleans()):
+        return value
+    return draw(st.sampled_from(ALTERED))(value)
+
+
+def chat(messages: list[dict[str, Any]], reply: dict[str, Any] | None, history: str) -> Any:
+    value: dict[str, Any] = {
+        "event_id": "e",
+        "event_type": "chat.completion",
+        "conversation_id": "c",
+        "occurred_at": "2026-11-23T10:15:02Z",
+        "history": history,
+        "request": {"model": "m", "messages": messages},
+        "latency_ms": 12,
+    }
+    if reply is not None:
+        value["response"] = {"id": "r", "choices": [{"message": reply}]}
+    event = events.decode_event(msgspec.json.encode(value))
+    assert isinstance(event, events.ChatCompletion)
+    return event
+
+
+def reference(
+    known: list[int], messages: list[events.Message], reply: events.Message | None
+) -> tuple[list[int], bool]:
+    """Which request messages a `full` event appends, and whether its reply is appended,
+    decided by fingerprinting every message (the alignment as first written)."""
+    marks = [state.fingerprint(message) for message in messages]
+    end = len(known)
+    front = 0
+    while front < len(messages) and messages[front].role in ("system", "developer"):
+        front += 1
+    for stop in range(len(marks), 0, -1) if end else ():
+        if marks[stop - 1] != known[-1]:
+            continue
+        for start in range(min(front, stop - 1) + 1):
+            length = stop - start
+            if length <= end and marks[start:stop] == known[end - length :]:
+                fresh = [i for i in range(start) if marks[i] not in known]
+                return [*fresh, *range(stop, len(messages))], True
+    pointer, added = 0, []
+    for index, mark in enumerate(marks):
+        try:
+            pointer = known.index(mark, pointer, end) + 1
+        except ValueError:
+            added.append(index)
+    resent_reply = (
+        reply is not None and pointer < end and known[pointer] == state.fingerprint(reply)
+    )
+    return added, not resent_reply
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_full_history_alignment_appends_what_fingerprinting_every_message_would(data):
+    """Most known messages are recognised without a fingerprint; the result must not change."""
+    conv = state.ConversationState(id="c", opened_at=0.0, last_event_at=0.0)
+    history: list[dict[str, Any]] = []
+    for _ in range(data.draw(st.integers(1, 7), label="events")):
+        kept = data.draw(st.integers(0, len(history)), label="trimmed to")
+        old = [data.draw(resent(value)) for value in history[len(history) - kept :]]
+        if old and data.draw(st.booleans(), label="edit"):
+            old[data.draw(st.integers(0, len(old) - 1))] = data.draw(sent_message())
+        front = history[:1] if history and data.draw(st.booleans(), label="front") else []
+        new = data.draw(st.lists(sent_message(), max_size=2), label="new")
+        messages = [*front, *old, *new]
+        reply = data.draw(st.none() | sent_message("assistant"), label="reply")
+        history += [*new, *([reply] if reply is not None else [])]
+        if data.draw(st.integers(0, 4), label="delta") == 0:
+            state.apply_completion(conv, chat(new, reply, "delta"), MOMENT)
+            continue
+        event = chat(messages, reply, "full")
+        choice = event.response.choices[0].message if event.response else None
+        added, with_reply = reference(conv.fingerprints, event.request.messages, choice)
+        expected = state.decode_record(state.encode_record(conv))
+        assert isinstance(expected, state.ConversationState)
+        picked = [messages[index] for index in added]
+        state.apply_completion(
+            expected, chat(picked, reply if with_reply else None, "delta"), MOMENT
+        )
+        state.apply_completion(conv, event, MOMENT)
+        assert state.encode_record(conv) == state.encode_record(expected)
