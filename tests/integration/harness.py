@@ -14,21 +14,29 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer import payload
+from consumer.emulator import Emulator
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
 EPOCH = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def fresh(prefix: str) -> str:
+    """A name of its own for each test's topic or group, so runs never share a broker's state."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def free_port() -> int:
@@ -147,7 +155,7 @@ async def produce(
 
 
 async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Any]:
-    """Every record currently in `topic`, in partition order."""
+    """Every record now in `topic`; `TimeoutError` if they are not all read within `timeout`."""
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -165,16 +173,34 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[An
         ends = await reader.end_offsets(tps)
         await reader.seek_to_beginning(*tps)
         out: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            positions = [await reader.position(tp) for tp in tps]
-            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            for records in (await reader.getmany(timeout_ms=200)).values():
-                out.extend(records)
+        async with asyncio.timeout(timeout):
+            while any([await reader.position(tp) < ends[tp] for tp in tps]):
+                for records in (await reader.getmany(timeout_ms=200)).values():
+                    out.extend(records)
         return out
     finally:
         await reader.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await reader.start()
+    try:
+        await reader._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        assert tps, f"topic {topic} has no partitions"
+        return {tp.partition: offset for tp, offset in (await reader.end_offsets(tps)).items()}
+    finally:
+        await reader.stop()
+
+
+async def topic_names(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
 
 
 async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
@@ -187,6 +213,38 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | N
         return {p: await reader.committed(TopicPartition(topic, p)) for p in partitions}
     finally:
         await reader.stop()
+
+
+async def committed_to_the_end(
+    bootstrap: str, group: str, topic: str, total: int | None = None
+) -> bool:
+    """The group's offsets reached the end of every partition, which hold `total` records if given.
+
+    Without `total` the end is whatever the topic holds (a producer retry may have added some).
+    """
+    ends = await end_offsets(bootstrap, topic)
+    if total is not None and sum(ends.values()) != total:
+        return False
+    offsets = await committed(bootstrap, group, topic)
+    return all((offsets.get(p) or 0) == end for p, end in ends.items())
+
+
+async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversation]) -> bool:
+    return all(
+        cid in emulator.conversations and emulator.conversations[cid] == body
+        for cid, body in expected.items()
+    )
+
+
+def history_only_grows(emulator: Emulator) -> None:
+    """Promise 3: every accepted body's message ids are a prefix of the final ones."""
+    for raw in emulator.accepted:
+        body = payload.decode(raw)
+        final = [m.id for m in emulator.conversations[body.id].messages]
+        ids = [m.id for m in body.messages]
+        assert ids == final[: len(ids)], (
+            f"{body.id}: a flush carried a different or partial history"
+        )
 
 
 async def wait_for(
@@ -293,6 +351,18 @@ class Worker:
             assert self.process is not None
             self.process.kill()
             self.process.wait(10)
+
+
+async def metrics_text(worker: Worker) -> str | None:
+    """The worker's /metrics page, or None while it does not answer."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{worker.http_port}/metrics") as r,
+        ):
+            return await r.text()
+    except aiohttp.ClientError:
+        return None
 
 
 def assert_matches(

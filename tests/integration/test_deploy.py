@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from harness import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / ".ci" / "deploy-checks"
 COPIED = ("Dockerfile", ".dockerignore", "docker-compose.yml", "helm", ".ci/deploy-checks")
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from harness import (
-    Worker,
     assert_matches,
     committed,
     conversation,
     create_topic,
     expected_bodies,
+    fresh,
     produce,
     wait_for,
 )
@@ -22,9 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 async def test_refused_state_write_commits_nothing_and_a_restart_recovers(
-    kafka, emulator, tmp_path
+    kafka, emulator, workers, tmp_path
 ):
-    topic, group = f"chat-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    topic, group = fresh("chat"), fresh("g")
     await create_topic(kafka.bootstrap_servers, topic, 1)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     await admin.start()
@@ -39,7 +37,7 @@ async def test_refused_state_write_commits_nothing_and_a_restart_recovers(
         expected = expected_bodies(events, tmp_path)
         await produce(kafka.bootstrap_servers, topic, events)
 
-        worker = Worker(kafka.bootstrap_servers, topic, emulator.url, tmp_path, group=group)
+        worker = workers(kafka.bootstrap_servers, topic, emulator, group=group)
         worker.start()
         assert worker.process is not None
         code = worker.process.wait(60)

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from harness import (
     Worker,
+    all_logged,
     assert_matches,
-    committed,
+    committed_to_the_end,
     conversation,
     expected_bodies,
+    fresh,
+    history_only_grows,
     interleave,
+    metrics_text,
     produce,
+    topic_names,
     wait_for,
 )
 from kafka_fixtures import make_topic
@@ -33,10 +35,6 @@ from consumer import payload
 from consumer.emulator import Emulator
 
 pytestmark = pytest.mark.integration
-
-
-def fresh(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def stream(prefix: str, count: int) -> list[dict[str, Any]]:
@@ -51,24 +49,6 @@ def stream(prefix: str, count: int) -> list[dict[str, Any]]:
 
 def split(events: list[dict[str, Any]], count: int) -> list[list[dict[str, Any]]]:
     return [events[k * len(events) // count : (k + 1) * len(events) // count] for k in range(count)]
-
-
-def history_only_grows(emulator: Emulator) -> None:
-    """Promise 3: every accepted body's message ids are a prefix of the final ones."""
-    for raw in emulator.accepted:
-        body = payload.decode(raw)
-        final = [m.id for m in emulator.conversations[body.id].messages]
-        ids = [m.id for m in body.messages]
-        assert ids == final[: len(ids)], (
-            f"{body.id}: a flush carried a different or partial history"
-        )
-
-
-async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversation]) -> bool:
-    return all(
-        cid in emulator.conversations and emulator.conversations[cid] == body
-        for cid, body in expected.items()
-    )
 
 
 async def produce_while(
@@ -107,34 +87,10 @@ async def settle(
         raise
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        assert tps, f"topic {topic} has no partitions"
-        return {tp.partition: offset for tp, offset in (await reader.end_offsets(tps)).items()}
-    finally:
-        await reader.stop()
-
-
-async def committed_to_the_end(bootstrap: str, group: str, topic: str) -> bool:
-    """The group's offsets reached the end of every partition (whatever a producer retry added)."""
-    ends = await end_offsets(bootstrap, topic)
-    offsets = await committed(bootstrap, group, topic)
-    return all((offsets.get(p) or 0) == end for p, end in ends.items())
-
-
 async def consumed(worker: Worker) -> float:
     """The worker's `records_consumed` total, or -1 while /metrics does not answer."""
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{worker.http_port}/metrics") as r,
-        ):
-            text = await r.text()
-    except aiohttp.ClientError:
+    text = await metrics_text(worker)
+    if text is None:
         return -1
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -162,30 +118,6 @@ async def partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
 async def leaders(bootstrap: str, topic: str) -> dict[int, int]:
     """Partition -> id of the node leading it."""
     return {p["partition"]: p["leader"] for p in await partitions(bootstrap, topic)}
-
-
-async def topic_names(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
-@pytest.fixture
-def workers(tmp_path: Path):
-    started: list[Worker] = []
-
-    def make(bootstrap: str, topic: str, emulator: Emulator, **kw: Any) -> Worker:
-        kw.setdefault("name", f"w{len(started)}")
-        w = Worker(bootstrap, topic, emulator.url, tmp_path, **kw)
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        w.stop_now()
 
 
 async def test_broker_restart_mid_stream_loses_and_doubles_nothing(

@@ -8,19 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from harness import REPO
 from kafka_fixtures import make_topic
 
 from consumer import localkafka
 from consumer.localkafka import KafkaCluster, LocalKafkaError
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
@@ -61,6 +59,17 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
+def group_member(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+    """A member of `group` that commits by hand and starts from the beginning without a commit."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+
+
 async def consume_in_group(
     consumer: AIOKafkaConsumer, expected: int, within: float = 30.0
 ) -> list[bytes]:
@@ -84,13 +93,7 @@ async def test_produce_consume_and_commit_in_a_group(kafka, topic_name):
     await produce(kafka.bootstrap_servers, topic_name, first)
 
     group = f"group-{topic_name}"
-    consumer = AIOKafkaConsumer(
-        topic_name,
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = group_member(kafka.bootstrap_servers, topic_name, group)
     await consumer.start()
     try:
         got = await consume_in_group(consumer, len(first))
@@ -104,13 +107,7 @@ async def test_produce_consume_and_commit_in_a_group(kafka, topic_name):
     # A new member of the same group starts from the commits, not from the beginning.
     later = values("later", 9)
     await produce(kafka.bootstrap_servers, topic_name, later)
-    again = AIOKafkaConsumer(
-        topic_name,
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    again = group_member(kafka.bootstrap_servers, topic_name, group)
     await again.start()
     try:
         resumed = await consume_in_group(again, len(later))
@@ -124,13 +121,7 @@ async def test_private_broker_restart_keeps_data_and_clients_reconnect(kafka_pri
     await make_topic(bootstrap, 2, name=topic_name)
     group = f"group-{topic_name}"
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    consumer = AIOKafkaConsumer(
-        topic_name,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = group_member(bootstrap, topic_name, group)
     await producer.start()
     await consumer.start()
     try:
@@ -172,13 +163,7 @@ async def test_cluster_keeps_taking_acks_all_writes_with_one_node_down(kafka_clu
     after = values("after", 15)
     await produce(bootstrap, topic, after)
     group = f"group-{topic}"
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = group_member(bootstrap, topic, group)
     await consumer.start()
     try:
         got = await consume_in_group(consumer, 30, within=60)

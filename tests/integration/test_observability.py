@@ -8,46 +8,42 @@ log lines are checked against what the test knows it produced.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
 import uuid
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from harness import (
     API_KEY,
     REPO,
     Worker,
+    all_logged,
     conversation,
+    end_offsets,
     expected_bodies,
     free_port,
+    fresh,
     interleave,
     produce,
+    read_all,
+    topic_names,
     wait_for,
 )
 from kafka_fixtures import make_topic
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer import metrics, payload
-from consumer.emulator import Emulator
+from consumer import metrics
 
 pytestmark = pytest.mark.integration
 
 LEVELS = {"debug", "info", "warning", "error", "critical"}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def fresh(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def with_marker(events: list[dict[str, Any]], marker: str) -> list[dict[str, Any]]:
@@ -59,13 +55,6 @@ def with_marker(events: list[dict[str, Any]], marker: str) -> list[dict[str, Any
         for choice in (event.get("response") or {}).get("choices", []):
             choice["message"]["content"] = f"{choice['message']['content']} {marker}"
     return out
-
-
-async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversation]) -> bool:
-    return all(
-        cid in emulator.conversations and emulator.conversations[cid] == body
-        for cid, body in expected.items()
-    )
 
 
 async def get(url: str) -> tuple[int, str, str]:
@@ -98,62 +87,7 @@ def series(samples: Samples, name: str, label: str) -> dict[str, float]:
     return {dict(have)[label]: v for (n, have), v in samples.items() if n == name}
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[str, int]:
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        return {str(tp.partition): end for tp, end in (await reader.end_offsets(tps)).items()}
-    finally:
-        await reader.stop()
-
-
-async def read_from_start(bootstrap: str, topic: str) -> list[Any]:
-    """Every record now in `topic`. `earliest`: the default reset to the end would race a seek."""
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        reader.assign(tps)
-        ends = await reader.end_offsets(tps)
-        out: list[Any] = []
-        async with asyncio.timeout(15):
-            while any([await reader.position(tp) < ends[tp] for tp in tps]):
-                for records in (await reader.getmany(timeout_ms=200)).values():
-                    out.extend(records)
-        return out
-    finally:
-        await reader.stop()
-
-
-async def topic_names(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
-@pytest.fixture
-def worker_for(tmp_path: Path):
-    started: list[Worker] = []
-
-    def make(bootstrap: str, topic: str, emulator: Emulator, **kw: Any) -> Worker:
-        w = Worker(bootstrap, topic, emulator.url, tmp_path, **kw)
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        w.stop_now()
-
-
-async def test_probes_metrics_and_logs_of_a_run(kafka, emulator, worker_for, tmp_path):
+async def test_probes_metrics_and_logs_of_a_run(kafka, emulator, workers, tmp_path):
     bootstrap = kafka.bootstrap_servers
     topic, group = fresh("obs"), fresh("g")
     await make_topic(bootstrap, 3, name=topic)
@@ -181,7 +115,7 @@ async def test_probes_metrics_and_logs_of_a_run(kafka, emulator, worker_for, tmp
 
     emulator.faults.status_sequence = [500, 503]
     emulator.faults.reject_ids = {"refused"}
-    worker = worker_for(bootstrap, topic, emulator, group=group).start()
+    worker = workers(bootstrap, topic, emulator, group=group).start()
     base = f"http://127.0.0.1:{worker.http_port}"
 
     readiness: list[tuple[int, str, str]] = []
@@ -222,12 +156,12 @@ async def test_probes_metrics_and_logs_of_a_run(kafka, emulator, worker_for, tmp
     dead: list[Any] = []
 
     async def dead_lettered() -> bool:
-        dead[:] = await read_from_start(bootstrap, f"{topic}.dlq")
+        dead[:] = await read_all(bootstrap, f"{topic}.dlq", timeout=15)
         return len(dead) >= 3
 
     await wait_for(dead_lettered, 30, "two bad records and the refused conversation dead-lettered")
     assert len(dead) == 3
-    ends = await end_offsets(bootstrap, topic)
+    ends = {str(p): end for p, end in (await end_offsets(bootstrap, topic)).items()}
     assert sum(ends.values()) == len(records)
 
     async def settled() -> bool:

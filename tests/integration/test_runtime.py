@@ -10,71 +10,30 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from harness import (
-    Worker,
+    all_logged,
     assert_matches,
     committed,
+    committed_to_the_end,
     conversation,
     create_topic,
     expected_bodies,
+    fresh,
+    history_only_grows,
     interleave,
+    metrics_text,
     produce,
     read_all,
     wait_for,
 )
 
 from consumer import payload
-from consumer.emulator import Emulator
 
 pytestmark = pytest.mark.integration
-
-
-def fresh(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def history_only_grows(emulator: Emulator) -> None:
-    """Promise 3: every accepted body's message ids are a prefix of the final ones."""
-    for raw in emulator.accepted:
-        body = payload.decode(raw)
-        final = [m.id for m in emulator.conversations[body.id].messages]
-        ids = [m.id for m in body.messages]
-        assert ids == final[: len(ids)], (
-            f"{body.id}: a flush carried a different or partial history"
-        )
-
-
-async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversation]) -> bool:
-    return all(
-        cid in emulator.conversations and emulator.conversations[cid] == body
-        for cid, body in expected.items()
-    )
-
-
-async def fully_committed(bootstrap: str, group: str, topic: str, total: int) -> bool:
-    offsets = await committed(bootstrap, group, topic)
-    return sum(o or 0 for o in offsets.values()) == total
-
-
-@pytest.fixture
-def workers(tmp_path: Path):
-    started: list[Worker] = []
-
-    def make(kafka_bootstrap: str, topic: str, emulator: Emulator, **kw: Any) -> Worker:
-        kw.setdefault("name", f"w{len(started)}")
-        w = Worker(kafka_bootstrap, topic, emulator.url, tmp_path, **kw)
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        w.stop_now()
 
 
 async def test_every_conversation_logged_once_and_offsets_committed(
@@ -93,7 +52,7 @@ async def test_every_conversation_logged_once_and_offsets_committed(
     worker = workers(kafka.bootstrap_servers, topic, emulator, group=group).start()
     await wait_for(lambda: all_logged(emulator, expected), 60, "every conversation logged")
     await wait_for(
-        lambda: fully_committed(kafka.bootstrap_servers, group, topic, len(events)),
+        lambda: committed_to_the_end(kafka.bootstrap_servers, group, topic, len(events)),
         20,
         "offsets committed to the end",
     )
@@ -237,7 +196,9 @@ async def test_poison_records_are_dead_lettered_and_the_partition_goes_on(
     ).start()
     await wait_for(lambda: all_logged(emulator, expected), 30, "the valid conversation")
     await wait_for(
-        lambda: fully_committed(kafka.bootstrap_servers, group, topic, len(records)), 20, "commit"
+        lambda: committed_to_the_end(kafka.bootstrap_servers, group, topic, len(records)),
+        20,
+        "commit",
     )
     dead = await read_all(kafka.bootstrap_servers, f"{topic}.dlq")
     assert len(dead) == len(poison)
@@ -269,15 +230,8 @@ async def test_sigterm_mid_stream_exits_cleanly_and_loses_nothing(
     await produce(kafka.bootstrap_servers, topic, events[: len(events) // 2])
 
     async def consumed_some() -> bool:
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{worker.http_port}/metrics") as r,
-            ):
-                text = await r.text()
-        except aiohttp.ClientError:
-            return False
-        return "inkeep_consumer_open_conversations 40.0" in text
+        text = await metrics_text(worker)
+        return text is not None and "inkeep_consumer_open_conversations 40.0" in text
 
     await wait_for(consumed_some, 30, "every conversation open in the worker")
     assert not emulator.accepted, "nothing should be complete before the shutdown"
@@ -313,7 +267,9 @@ async def test_api_outage_holds_offsets_and_recovers(kafka, emulator, workers, t
     emulator.faults.fail_rate = 0.0
     await wait_for(lambda: all_logged(emulator, expected), 60, "recovery")
     await wait_for(
-        lambda: fully_committed(kafka.bootstrap_servers, group, topic, len(events)), 20, "commit"
+        lambda: committed_to_the_end(kafka.bootstrap_servers, group, topic, len(events)),
+        20,
+        "commit",
     )
     assert_matches(emulator.conversations, expected)
     retries = [r for r in emulator.posts if r.status >= 500]
@@ -384,7 +340,9 @@ async def test_rejected_conversation_goes_to_dead_letter_with_the_answer(
     assert headers["api.answer"]
     assert payload.decode(record.value) == expected["bad"]
     await wait_for(
-        lambda: fully_committed(kafka.bootstrap_servers, group, topic, len(events)), 20, "commit"
+        lambda: committed_to_the_end(kafka.bootstrap_servers, group, topic, len(events)),
+        20,
+        "commit",
     )
 
 
@@ -411,18 +369,13 @@ async def test_slow_api_pauses_fetching_instead_of_growing(kafka, emulator, work
     seen: list[float] = []
 
     async def watch() -> bool:
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{worker.http_port}/metrics") as r,
-            ):
-                seen.extend(
-                    float(line.split()[1])
-                    for line in (await r.text()).splitlines()
-                    if line.startswith("inkeep_consumer_pending_flushes ")
-                )
-        except aiohttp.ClientError:
-            pass
+        text = await metrics_text(worker)
+        if text is not None:
+            seen.extend(
+                float(line.split()[1])
+                for line in text.splitlines()
+                if line.startswith("inkeep_consumer_pending_flushes ")
+            )
         return await all_logged(emulator, expected)
 
     await wait_for(watch, 90, "every conversation logged", interval=0.1)

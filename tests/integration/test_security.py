@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
-from harness import Worker, assert_matches, conversation, expected_bodies, interleave, wait_for
+from harness import (
+    Worker,
+    assert_matches,
+    conversation,
+    expected_bodies,
+    fresh,
+    interleave,
+    wait_for,
+)
 
 from consumer.emulator import Emulator
 from consumer.localkafka import ClientSecurity, KafkaCluster
@@ -179,31 +186,16 @@ def sasl_ssl_broker(tls_files):
         yield Broker(cluster, "SASL_SSL", tls_files.ca)
 
 
-@pytest.fixture
-def workers(tmp_path: Path):
-    started: list[Worker] = []
-
-    def make(broker: Broker, topic: str, emulator: Emulator, env: dict[str, str]) -> Worker:
-        worker = Worker(
-            broker.bootstrap,
-            topic,
-            emulator.url,
-            tmp_path,
-            group=f"g-{uuid.uuid4().hex[:8]}",
-            extra=env,
-            name=f"w{len(started)}",
-        )
-        started.append(worker)
-        return worker
-
-    yield make
-    for worker in started:
-        worker.stop_now()
+def start_worker(
+    workers, broker: Broker, topic: str, emulator: Emulator, env: dict[str, str]
+) -> Worker:
+    """A worker in a group of its own, configured for `broker` only through `env`."""
+    return workers(broker.bootstrap, topic, emulator, group=fresh("g"), extra=env).start()
 
 
 async def create_input_topic(broker: Broker, partitions: int = 2) -> str:
     """The input topic, created by the admin user over the secured listener."""
-    topic = f"chat-{uuid.uuid4().hex[:8]}"
+    topic = fresh("chat")
     admin = AIOKafkaAdminClient(**broker.client_options(MECHANISMS[-1]))
     await admin.start()
     try:
@@ -269,7 +261,7 @@ async def worker_delivers_everything(
     await produce(broker, topic, events)
     expected = expected_bodies(events, tmp_path)
 
-    worker = workers(broker, topic, emulator, env).start()
+    worker = start_worker(workers, broker, topic, emulator, env)
 
     def delivered() -> bool:
         if not worker.alive():
@@ -286,6 +278,16 @@ async def worker_delivers_everything(
     assert created, "the worker did not log creating its own topics"
     assert set(created[0]["topics"]) == {f"{topic}.state", f"{topic}.dlq"}
     return worker
+
+
+async def gives_up(worker: Worker, levels: tuple[str, ...], text: str, says: str) -> None:
+    """The worker exits non-zero by itself, and a log line at one of `levels` holds `text`."""
+    await wait_for(lambda: not worker.alive(), 30, "the worker to give up")
+    assert worker.process is not None
+    assert worker.process.returncode != 0
+    lines = worker.logs()
+    failures = [line for line in lines if line.get("level") in levels and text in str(line)]
+    assert failures, f"no log line says {says}: {lines[-5:]}"
 
 
 def assert_secret_absent(worker: Worker, *secrets: str) -> None:
@@ -316,18 +318,8 @@ async def test_wrong_sasl_password_stops_the_worker_without_logging_it(
 ):
     topic = await create_input_topic(sasl_broker)
     env = sasl_broker.worker_env(mechanism, password=WRONG_PASSWORD)
-    worker = workers(sasl_broker, topic, emulator, env).start()
-    await wait_for(lambda: not worker.alive(), 30, "the worker to give up")
-    assert worker.process is not None
-    assert worker.process.returncode != 0
-
-    lines = worker.logs()
-    failures = [
-        line
-        for line in lines
-        if line.get("level") in ("error", "critical") and "Authentication failed" in str(line)
-    ]
-    assert failures, f"no log line says authentication failed: {lines[-5:]}"
+    worker = start_worker(workers, sasl_broker, topic, emulator, env)
+    await gives_up(worker, ("error", "critical"), "Authentication failed", "authentication failed")
     assert_secret_absent(worker, WRONG_PASSWORD)
     assert topic in await topics(sasl_broker)
     assert not {f"{topic}.state", f"{topic}.dlq"} & await topics(sasl_broker)
@@ -345,17 +337,10 @@ async def test_worker_refuses_a_broker_certificate_it_cannot_verify(ssl_broker, 
     """Without the private CA the worker must not talk to the broker at all."""
     topic = await create_input_topic(ssl_broker)
     env = {"KAFKA_SECURITY_PROTOCOL": "SSL"}
-    worker = workers(ssl_broker, topic, emulator, env).start()
-    await wait_for(lambda: not worker.alive(), 30, "the worker to give up")
-    assert worker.process is not None
-    assert worker.process.returncode != 0
-    lines = worker.logs()
-    failures = [
-        line
-        for line in lines
-        if line.get("level") == "error" and "CERTIFICATE_VERIFY_FAILED" in str(line)
-    ]
-    assert failures, f"no log line says the certificate was not trusted: {lines[-5:]}"
+    worker = start_worker(workers, ssl_broker, topic, emulator, env)
+    await gives_up(
+        worker, ("error",), "CERTIFICATE_VERIFY_FAILED", "the certificate was not trusted"
+    )
     assert not {f"{topic}.state", f"{topic}.dlq"} & await topics(ssl_broker)
     assert not emulator.accepted
 
