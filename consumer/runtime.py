@@ -38,6 +38,8 @@ TICK_SECONDS = 1.0
 SHUTDOWN_RESERVE_SECONDS = 5.0
 """Part of the grace period kept for writing state and committing after the last flush."""
 
+STOPPING = "the worker stops without committing further"
+
 REFUSALS = {
     "fewer_messages": (
         "not sent: {d.message_count} messages, but the API already holds {d.acknowledged_count} "
@@ -84,16 +86,16 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await self._worker.revoke(list(revoked))
         except Exception:
-            log.exception("rebalance_failed", step="revoke")
-            self._worker.fail()
+            log.exception("rebalance_failed", step="revoke", hint=STOPPING)
+            self._worker.fail(None)
             raise
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         try:
             await self._worker.assign(list(assigned))
         except Exception:
-            log.exception("rebalance_failed", step="assign")
-            self._worker.fail()
+            log.exception("rebalance_failed", step="assign", hint=STOPPING)
+            self._worker.fail(None)
             raise
 
 
@@ -425,15 +427,16 @@ class Worker:
             raise
         self._unacked.append(future)
 
-    def fail(self) -> None:
-        """A record that had to be durable was not: commit nothing more, and stop.
+    def fail(self, reason: str | None = "durable_write_failed") -> None:
+        """A record that had to be durable was not, or a rebalance step failed: stop.
 
         The engine and the outbox have handed their records over, so a later
         checkpoint could commit offsets past what never reached the broker.
         Stopping without committing leaves the replay to the next start.
+        `reason` is logged once; None when the caller logged it already.
         """
-        if not self._failed:
-            log.error("durable_write_failed", hint="the worker stops without committing further")
+        if not self._failed and reason is not None:
+            log.error(reason, hint=STOPPING)
         self._failed = True
         self._stopping.set()
 
