@@ -8,6 +8,7 @@ emulator can be as strict as the API's schema.
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any, Literal
 
@@ -91,3 +92,90 @@ def decode(body: bytes) -> Conversation:
 
 def conversation_json_schema() -> dict[str, Any]:
     return msgspec.json.schema(Conversation)
+
+
+class FeedbackType(enum.StrEnum):
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+
+
+class FeedbackReason(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    label: str
+    details: str
+
+
+class LogFeedbackRequestBody(
+    msgspec.Struct, omit_defaults=True, rename="camel", forbid_unknown_fields=True
+):
+    """The body of `POST /feedback`: a rating of one logged message.
+
+    The API assigns `id` when it is absent; a stable one makes a re-sent or
+    changed rating replace the earlier one instead of adding another.
+    """
+
+    type: FeedbackType
+    message_id: str
+    id: str | None = None
+    created_at: datetime | None = None
+    reasons: list[FeedbackReason] | None = None
+    properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+
+
+class EventEntity(enum.StrEnum):
+    """What an event is about; each names the one id field the event must carry."""
+
+    MESSAGE = "message"
+    CONVERSATION = "conversation"
+    SEARCH = "search"
+
+
+_EVENT_SUBJECT = {
+    EventEntity.MESSAGE: "message_id",
+    EventEntity.CONVERSATION: "conversation_id",
+    EventEntity.SEARCH: "search_query",
+}
+
+
+class InsertEvent(msgspec.Struct, omit_defaults=True, rename="camel", forbid_unknown_fields=True):
+    """The body of `POST /events`: an interaction (`type`, say `message:copied`).
+
+    The API's schema is a union on `entityType`; here one struct holds it, and
+    decoding refuses a body whose id field does not match its `entityType`.
+    """
+
+    type: str
+    entity_type: EventEntity
+    message_id: str | None = None
+    conversation_id: str | None = None
+    search_query: str | None = None
+    id: str | None = None
+    created_at: datetime | None = None
+    project_id: str | None = None
+    integration_id: str | None = None
+    properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        wanted = _EVENT_SUBJECT[self.entity_type]
+        for entity, name in _EVENT_SUBJECT.items():
+            present = getattr(self, name) is not None
+            if name == wanted and not present:
+                raise ValueError(f"`{_camel(name)}` is required for entityType {entity.value}")
+            if name != wanted and present:
+                raise ValueError(
+                    f"`{_camel(name)}` is not part of an event with entityType "
+                    f"{self.entity_type.value}"
+                )
+
+    @property
+    def subject(self) -> str:
+        """The id (or search query) the event is about."""
+        value = getattr(self, _EVENT_SUBJECT[self.entity_type])
+        assert isinstance(value, str)
+        return value
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
