@@ -115,7 +115,7 @@ class LogFeedbackRequestBody(
 
     type: FeedbackType
     message_id: str
-    id: str | None = None
+    id: str | msgspec.UnsetType = msgspec.UNSET
     created_at: datetime | None = None
     reasons: list[FeedbackReason] | None = None
     properties: dict[str, Any] | None = None
@@ -146,10 +146,10 @@ class InsertEvent(msgspec.Struct, omit_defaults=True, rename="camel", forbid_unk
 
     type: str
     entity_type: EventEntity
-    message_id: str | None = None
-    conversation_id: str | None = None
-    search_query: str | None = None
-    id: str | None = None
+    message_id: str | msgspec.UnsetType = msgspec.UNSET
+    conversation_id: str | msgspec.UnsetType = msgspec.UNSET
+    search_query: str | msgspec.UnsetType = msgspec.UNSET
+    id: str | msgspec.UnsetType = msgspec.UNSET
     created_at: datetime | None = None
     project_id: str | None = None
     integration_id: str | None = None
@@ -159,7 +159,7 @@ class InsertEvent(msgspec.Struct, omit_defaults=True, rename="camel", forbid_unk
     def __post_init__(self) -> None:
         wanted = _EVENT_SUBJECT[self.entity_type]
         for entity, name in _EVENT_SUBJECT.items():
-            present = getattr(self, name) is not None
+            present = getattr(self, name) is not msgspec.UNSET
             if name == wanted and not present:
                 raise ValueError(f"`{_camel(name)}` is required for entityType {entity.value}")
             if name != wanted and present:

@@ -18,11 +18,17 @@ from emulator_fixtures import API_KEY
 from consumer import payload
 from consumer.emulator import (
     DATETIME_WITH_OFFSET,
+    ApiConversation,
+    ApiEvent,
+    ApiFeedback,
+    ApiFeedbackDetail,
     Emulator,
+    Endpoint,
     Faults,
     Refused,
     from_args,
     parser,
+    recording_path,
     validate,
 )
 
@@ -112,16 +118,19 @@ async def test_accepts_stores_and_answers_the_conversation(emulator):
     status, headers, answer = await post(emulator.url, body)
     assert status == 200
     assert headers["Content-Type"].startswith("application/json")
-    assert payload.decode(answer) == payload.decode(body)
+    logged = json.loads(answer)
+    assert logged["id"] == "conv_1"
+    assert logged["userProperties"] == {"id": 42, "identificationType": "COOKIED"}
+    assert [m["content"] for m in logged["messages"]] == ["hello", "hi there"]
     assert emulator.accepted == [body]
     assert emulator.conversations["conv_1"] == payload.decode(body)
     assert emulator.posts[-1].status == 200
     assert emulator.posts[-1].conversation_id == "conv_1"
     assert emulator.posts[-1].body_size == len(body)
 
-    status, _, answer = await get(emulator.url, "/conversations/conv_1")
+    status, _, read_back = await get(emulator.url, "/conversations/conv_1")
     assert status == 200
-    assert payload.decode(answer) == payload.decode(body)
+    assert json.loads(read_back) == logged
 
 
 async def test_get_unknown_conversation_is_404_problem(emulator):
@@ -461,3 +470,417 @@ async def test_command_prints_its_url_serves_and_stops_on_sigterm(tmp_path):
             process.kill()
             await process.wait()
     assert msgspec.json.decode(record.read_bytes().strip())["id"] == "conv_1"
+
+
+# --- The answers: the SDK's response models, every field present. ---
+
+CONVERSATION_KEYS = {
+    "id",
+    "externalId",
+    "externalUrl",
+    "type",
+    "supportTicketConversationId",
+    "createdAt",
+    "updatedAt",
+    "projectId",
+    "integrationId",
+    "properties",
+    "userProperties",
+    "tags",
+    "visibility",
+    "messages",
+    "messagesOpenAIFormat",
+}
+MESSAGE_KEYS = {
+    "id",
+    "type",
+    "externalId",
+    "externalUrl",
+    "conversationId",
+    "createdAt",
+    "updatedAt",
+    "role",
+    "content",
+    "name",
+    "links",
+    "properties",
+    "userProperties",
+    "tool_calls",
+}
+
+
+async def send(url, path, document, headers=None):
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}{path}", data=encode(document), headers=AUTH if headers is None else headers
+        ) as response,
+    ):
+        return response.status, response.headers, await response.read()
+
+
+async def test_the_answer_is_the_apis_conversation_with_every_field(emulator):
+    status, _, answer = await post(emulator.url, encode(conversation()))
+    assert status == 200
+    document = json.loads(answer)
+    assert document.keys() == CONVERSATION_KEYS
+    for key in ("externalId", "externalUrl", "projectId", "integrationId", "visibility", "tags"):
+        assert document[key] is None, key
+    assert document["createdAt"].startswith("2026-11-23T10:15:02.481")
+    for message in document["messages"]:
+        assert message.keys() == MESSAGE_KEYS
+        assert message["type"] == "openai"
+        assert message["conversationId"] == "conv_1"
+        assert message["externalId"] is None
+        assert message["tool_calls"] is None
+    assert document["messagesOpenAIFormat"] == [
+        {"role": "user", "name": None, "content": "hello", "tool_calls": None},
+        {"role": "assistant", "name": None, "content": "hi there", "tool_calls": None},
+    ]
+    assert msgspec.json.decode(answer, type=ApiConversation) == emulator.stored["conv_1"]
+
+
+async def test_ids_and_times_the_client_leaves_out_are_assigned(emulator):
+    document = conversation()
+    del document["id"], document["createdAt"], document["updatedAt"]
+    for message in document["messages"]:
+        del message["id"], message["createdAt"]
+    status, _, answer = await post(emulator.url, encode(document))
+    assert status == 200, answer
+    logged = json.loads(answer)
+    assert logged["id"] in emulator.conversations
+    ids = [m["id"] for m in logged["messages"]]
+    assert len(set(ids)) == 2
+    assert all(ids)
+    assert all(DATETIME_WITH_OFFSET.match(m["createdAt"]) for m in logged["messages"])
+    assert DATETIME_WITH_OFFSET.match(logged["createdAt"])
+    assert [m.id for m in emulator.conversations[logged["id"]].messages] == ids
+
+
+async def test_an_upsert_keeps_the_first_times_the_api_assigned(emulator):
+    document = conversation()
+    del document["createdAt"]
+    del document["messages"][0]["createdAt"]
+    first = json.loads((await post(emulator.url, encode(document)))[2])
+    second = json.loads((await post(emulator.url, encode(document)))[2])
+    assert second["createdAt"] == first["createdAt"]
+    assert second["messages"][0]["createdAt"] == first["messages"][0]["createdAt"]
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda d: d.update(id=None), "$.id"),
+        (lambda d: d["messages"][0].update(id=7), "$.messages[0].id"),
+        (lambda d: d["messages"][0].update(links=[{"title": "x"}]), "$.messages[0].links[0]"),
+        (
+            lambda d: d["messages"][0].update(links=[{"url": "u", "rank": 1}]),
+            "$.messages[0].links[0]",
+        ),
+        (
+            lambda d: d["messages"][0].update(links=[{"url": "u", "breadcrumbs": [1]}]),
+            "$.messages[0].links[0].breadcrumbs[0]",
+        ),
+        (
+            lambda d: d["messages"][0].update(userProperties={"userId": [1]}),
+            "$.messages[0].userProperties.userId",
+        ),
+    ],
+)
+async def test_what_the_sdk_refuses_is_422(emulator, change, where):
+    document = conversation()
+    change(document)
+    status, headers, answer = await post(emulator.url, encode(document))
+    assert status == 422, answer
+    assert where in problem_of(headers, answer)["detail"]
+
+
+async def test_links_the_sdk_takes_are_kept(emulator):
+    document = conversation()
+    link = {"url": "https://d/x", "label": None, "type": "documentation", "breadcrumbs": ["a"]}
+    document["messages"][1]["links"] = [link]
+    status, _, answer = await post(emulator.url, encode(document))
+    assert status == 200, answer
+    assert json.loads(answer)["messages"][1]["links"] == [link]
+
+
+async def test_delete_removes_the_conversation_and_what_is_about_it(emulator):
+    assert (await post(emulator.url, encode(conversation())))[0] == 200
+    feedback = {"type": "positive", "messageId": "conv_1-m1"}
+    assert (await send(emulator.url, "/feedback", feedback))[0] == 200
+    event = {"type": "message:copied", "entityType": "message", "messageId": "conv_1-m1"}
+    assert (await send(emulator.url, "/events", event))[0] == 200
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(f"{emulator.url}/conversations/conv_1") as response:
+            assert response.status == 401
+        async with session.delete(f"{emulator.url}/conversations/conv_1", headers=AUTH) as response:
+            assert response.status == 200
+            assert await response.json() == {
+                "success": True,
+                "message": "Conversation conv_1 deleted",
+            }
+        async with session.delete(f"{emulator.url}/conversations/conv_1", headers=AUTH) as response:
+            assert response.status == 404
+    assert emulator.conversations == {}
+    assert emulator.feedback == {}
+    assert emulator.events == {}
+    assert (await get(emulator.url, "/conversations/conv_1"))[0] == 404
+
+
+async def test_get_by_external_id(emulator):
+    assert (await post(emulator.url, encode(conversation(externalId="ext-9"))))[0] == 200
+    status, _, answer = await get(emulator.url, "/conversations/external/ext-9")
+    assert status == 200
+    assert json.loads(answer)["id"] == "conv_1"
+    assert (await get(emulator.url, "/conversations/external/nope"))[0] == 404
+    assert (await get(emulator.url, "/conversations/external/ext-9", headers={}))[0] == 401
+
+
+# --- POST /feedback and POST /events ---
+
+FEEDBACK = {
+    "id": "fb_1",
+    "type": "negative",
+    "messageId": "conv_1-m1",
+    "createdAt": "2026-11-23T10:17:00Z",
+    "reasons": [{"label": "inaccurate", "details": "wrong version"}],
+    "properties": {"source": "widget"},
+    "userProperties": {"id": "u1", "plan": "pro"},
+}
+MESSAGE_EVENT = {
+    "type": "message:copied",
+    "entityType": "message",
+    "messageId": "conv_1-m1",
+    "createdAt": "2026-11-23T10:17:00+01:00",
+    "properties": {"chars": 120},
+}
+CONVERSATION_EVENT = {
+    "type": "conversation:shared",
+    "entityType": "conversation",
+    "conversationId": "conv_1",
+}
+
+
+@pytest.fixture
+async def logged(emulator):
+    assert (await post(emulator.url, encode(conversation())))[0] == 200
+    return emulator
+
+
+async def test_feedback_is_stored_and_answered_as_the_api_does(logged):
+    status, _, answer = await send(logged.url, "/feedback", FEEDBACK)
+    assert status == 200, answer
+    document = json.loads(answer)
+    assert document == {
+        "id": "fb_1",
+        "type": "negative",
+        "messageId": "conv_1-m1",
+        "createdAt": "2026-11-23T10:17:00Z",
+        "reasons": [{"label": "inaccurate", "details": "wrong version"}],
+        "properties": {"source": "widget"},
+        "userProperties": {"id": "u1", "plan": "pro"},
+    }
+    assert msgspec.json.decode(answer, type=ApiFeedback) == logged.feedback["fb_1"]
+    assert logged.accepted_feedback == [encode(FEEDBACK)]
+    assert logged.accepted == [encode(conversation())]
+    assert logged.posts_to(Endpoint.FEEDBACK)[-1].conversation_id == "conv_1"
+
+    status, _, answer = await get(logged.url, "/feedback/fb_1")
+    assert status == 200
+    detail = msgspec.json.decode(answer, type=ApiFeedbackDetail)
+    assert detail.conversation == logged.stored["conv_1"]
+    assert detail.message.id == "conv_1-m1"
+    assert (await get(logged.url, "/feedback/nope"))[0] == 404
+
+
+async def test_feedback_with_the_same_id_replaces_the_rating(logged):
+    assert (await send(logged.url, "/feedback", FEEDBACK))[0] == 200
+    assert (await send(logged.url, "/feedback", {**FEEDBACK, "type": "positive"}))[0] == 200
+    assert [f.type for f in logged.feedback.values()] == ["positive"]
+    minimal = {"type": "positive", "messageId": "conv_1-m0"}
+    status, _, answer = await send(logged.url, "/feedback", minimal)
+    assert status == 200
+    assigned = json.loads(answer)
+    assert assigned["id"] in logged.feedback
+    assert assigned["id"] != "fb_1"
+    assert DATETIME_WITH_OFFSET.match(assigned["createdAt"])
+    assert assigned["reasons"] is None
+    assert assigned["userProperties"] is None
+
+    status, _, answer = await get(logged.url, "/feedback?limit=1")
+    assert status == 200
+    page = json.loads(answer)
+    assert (page["positiveFeedbackCount"], page["negativeFeedbackCount"]) == (2, 0)
+    assert [f["id"] for f in page["positiveFeedback"]] == ["fb_1"]
+    assert page["positiveFeedback"][0]["conversation"]["id"] == "conv_1"
+    assert page["negativeFeedback"] == []
+
+
+async def test_feedback_outlives_the_message_an_upsert_dropped(logged):
+    assert (await send(logged.url, "/feedback", FEEDBACK))[0] == 200
+    assert (await post(logged.url, encode(conversation(texts=("only",)))))[0] == 200
+    status, _, answer = await get(logged.url, "/feedback/fb_1")
+    assert status == 200
+    assert json.loads(answer)["message"]["content"] == "hi there"
+
+
+async def test_events_about_a_message_a_conversation_and_a_search(logged):
+    status, _, answer = await send(logged.url, "/events", MESSAGE_EVENT)
+    assert status == 200, answer
+    document = json.loads(answer)
+    assert document.keys() == {
+        "id",
+        "type",
+        "messageId",
+        "createdAt",
+        "projectId",
+        "integrationId",
+        "properties",
+        "userProperties",
+        "entityType",
+    }
+    assert (document["projectId"], document["integrationId"]) == (None, None)
+    assert document["messageId"] == "conv_1-m1"
+    assert msgspec.json.decode(answer, type=ApiEvent) == logged.events[document["id"]]
+    status, _, answer = await send(logged.url, "/events", CONVERSATION_EVENT)
+    assert status == 200, answer
+    assert json.loads(answer)["conversationId"] == "conv_1"
+    search = {"type": "search:run", "entityType": "search", "searchQuery": "vat", "id": "ev_s"}
+    status, _, answer = await send(logged.url, "/events", search)
+    assert status == 200, answer
+    assert json.loads(answer)["id"] == "ev_s"
+    assert len(logged.events) == 3
+    assert [r.conversation_id for r in logged.posts_to(Endpoint.EVENTS)] == [
+        "conv_1",
+        "conv_1",
+        None,
+    ]
+
+
+@pytest.mark.parametrize("path", ["/feedback", "/events"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Basic {API_KEY}"}],
+)
+async def test_feedback_and_events_need_the_key(logged, path, headers):
+    document = FEEDBACK if path == "/feedback" else MESSAGE_EVENT
+    status, answer_headers, answer = await send(
+        logged.url, path, document, {**headers, "Content-Type": "application/json"}
+    )
+    assert status == 401
+    assert answer_headers["WWW-Authenticate"] == "Bearer"
+    assert problem_of(answer_headers, answer)["code"] == "unauthorized"
+    assert logged.feedback == {}
+    assert logged.events == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "document", "where"),
+    [
+        ("/feedback", {**FEEDBACK, "rating": "up"}, "rating"),
+        ("/feedback", {**FEEDBACK, "type": "meh"}, "$.type"),
+        ("/feedback", {**FEEDBACK, "id": None}, "$.id"),
+        ("/feedback", {k: v for k, v in FEEDBACK.items() if k != "messageId"}, "messageId"),
+        ("/feedback", {**FEEDBACK, "reasons": [{"label": "x"}]}, "$.reasons[0]"),
+        ("/feedback", {**FEEDBACK, "createdAt": "2026-11-23T10:17:00"}, "$.createdAt"),
+        ("/feedback", {**FEEDBACK, "userProperties": {"id": True}}, "$.userProperties.id"),
+        ("/feedback", {**FEEDBACK, "messageId": "no-such-message"}, "$.messageId"),
+        ("/events", {**MESSAGE_EVENT, "surprise": 1}, "surprise"),
+        ("/events", {**MESSAGE_EVENT, "entityType": "user"}, "$.entityType"),
+        ("/events", {**MESSAGE_EVENT, "conversationId": "conv_1"}, "conversationId"),
+        ("/events", {**CONVERSATION_EVENT, "conversationId": None}, "$.conversationId"),
+        ("/events", {**MESSAGE_EVENT, "messageId": "nope"}, "$.messageId"),
+        ("/events", {**CONVERSATION_EVENT, "conversationId": "nope"}, "$.conversationId"),
+        ("/events", {**MESSAGE_EVENT, "createdAt": "yesterday"}, "$.createdAt"),
+        ("/events", {**MESSAGE_EVENT, "properties": []}, "$.properties"),
+    ],
+)
+async def test_feedback_and_events_the_sdk_refuses_are_422(logged, path, document, where):
+    status, headers, answer = await send(logged.url, path, document)
+    assert status == 422, answer
+    problem = problem_of(headers, answer)
+    assert problem["code"] == "unprocessable_entity"
+    assert where in problem["detail"]
+    assert logged.feedback == {}
+    assert logged.events == {}
+    assert logged.accepted_feedback == logged.accepted_events == []
+
+
+async def test_lenient_mode_drops_unknown_keys_of_feedback_and_events():
+    async with Emulator(api_keys=[API_KEY], lenient=True) as emu:
+        assert (await post(emu.url, encode(conversation())))[0] == 200
+        assert (await send(emu.url, "/feedback", {**FEEDBACK, "rating": "up"}))[0] == 200
+        assert (await send(emu.url, "/events", {**MESSAGE_EVENT, "surprise": 1}))[0] == 200
+        assert (await send(emu.url, "/feedback", {**FEEDBACK, "type": "meh"}))[0] == 422
+
+
+@pytest.mark.parametrize("path", ["/feedback", "/events"])
+async def test_feedback_and_events_over_the_limit_are_413(logged, path):
+    document = {
+        **(FEEDBACK if path == "/feedback" else MESSAGE_EVENT),
+        "properties": {"x": "y" * 5000},
+    }
+    logged.max_body_bytes = len(encode(document)) - 1
+    status, headers, _ = await send(logged.url, path, document)
+    assert status == 413
+    assert headers["Content-Type"].startswith("application/problem+json")
+    logged.max_body_bytes = len(encode(document))
+    assert (await send(logged.url, path, document))[0] == 200
+
+
+async def test_shared_faults_stay_on_conversations_unless_asked(logged):
+    logged.faults.status_sequence = [503, 503]
+    assert (await send(logged.url, "/feedback", FEEDBACK))[0] == 200
+    assert (await send(logged.url, "/events", MESSAGE_EVENT))[0] == 200
+    assert logged.faults.status_sequence == [503, 503]
+    logged.faults.endpoints = frozenset(Endpoint)
+    assert (await send(logged.url, "/events", MESSAGE_EVENT))[0] == 503
+    assert (await post(logged.url, encode(conversation())))[0] == 503
+    assert (await send(logged.url, "/events", MESSAGE_EVENT))[0] == 200
+
+
+async def test_an_endpoint_can_have_faults_of_its_own(logged):
+    logged.endpoint_faults[Endpoint.FEEDBACK] = Faults(
+        status_sequence=[429, 500], retry_after=3, drop_next=1, reject_ids={"fb_bad"}
+    )
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await send(logged.url, "/feedback", FEEDBACK)
+    status, headers, answer = await send(logged.url, "/feedback", FEEDBACK)
+    assert (status, headers["Retry-After"]) == (429, "3")
+    assert problem_of(headers, answer)["status"] == 429
+    assert (await send(logged.url, "/feedback", FEEDBACK))[0] == 500
+    assert (await post(logged.url, encode(conversation())))[0] == 200
+    assert (await send(logged.url, "/events", MESSAGE_EVENT))[0] == 200
+    assert (await send(logged.url, "/feedback", {**FEEDBACK, "id": "fb_bad"}))[0] == 422
+    assert (await send(logged.url, "/feedback", FEEDBACK))[0] == 200
+    assert [r.status for r in logged.posts_to(Endpoint.FEEDBACK)] == [0, 429, 500, 422, 200]
+    logged.endpoint_faults[Endpoint.EVENTS] = Faults(auth_failing=True)
+    assert (await send(logged.url, "/events", MESSAGE_EVENT))[0] == 401
+    assert (await send(logged.url, "/feedback", FEEDBACK))[0] == 200
+
+
+async def test_each_kind_is_recorded_to_its_own_file(tmp_path):
+    record = tmp_path / "bodies.ndjson"
+    async with Emulator(api_keys=[API_KEY], record=record) as emu:
+        assert (await post(emu.url, encode(conversation())))[0] == 200
+        assert (await send(emu.url, "/feedback", FEEDBACK))[0] == 200
+        assert (await send(emu.url, "/feedback", {**FEEDBACK, "type": "meh"}))[0] == 422
+        assert (await send(emu.url, "/events", MESSAGE_EVENT))[0] == 200
+        assert (await send(emu.url, "/events", CONVERSATION_EVENT))[0] == 200
+    assert recording_path(record, Endpoint.FEEDBACK) == tmp_path / "bodies.feedback.ndjson"
+    assert record.read_bytes() == encode(conversation()) + b"\n"
+    assert (tmp_path / "bodies.feedback.ndjson").read_bytes() == encode(FEEDBACK) + b"\n"
+    assert (tmp_path / "bodies.events.ndjson").read_bytes().splitlines() == [
+        encode(MESSAGE_EVENT),
+        encode(CONVERSATION_EVENT),
+    ]
+
+
+def test_the_fault_endpoint_flag():
+    emu = from_args(
+        parser().parse_args(["--fault-endpoint", "feedback", "--fault-endpoint", "events"])
+    )
+    assert emu.faults.endpoints == {Endpoint.FEEDBACK, Endpoint.EVENTS}
+    assert from_args(parser().parse_args([])).faults.endpoints == {Endpoint.CONVERSATIONS}
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--fault-endpoint", "healthz"])
