@@ -9,12 +9,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import msgspec
 import pytest
 from emulator_fixtures import API_KEY
 from structlog.testing import capture_logs
 
 from consumer import errors, metrics, payload
-from consumer.emulator import Emulator, Faults
+from consumer.emulator import ApiConversation, Emulator, Faults
 from consumer.fit import MARK
 from consumer.sink import (
     AUTH_PROBE_CAP,
@@ -72,7 +73,9 @@ async def test_a_2xx_is_acked_with_the_exact_bytes_sent(emulator):
     assert delivery.outcome is Outcome.ACKED
     assert (delivery.status, delivery.attempts, delivery.body) == (200, 1, body)
     assert not delivery.shrunk
-    assert payload.decode(delivery.answer) == conversation
+    answered = msgspec.json.decode(delivery.answer, type=ApiConversation)
+    assert answered.id == conversation.id
+    assert [m.id for m in answered.messages] == [m.id for m in conversation.messages]
     assert emulator.accepted == [body]
     assert counted("api_requests", status="200") == before + 1
 
