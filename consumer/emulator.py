@@ -307,9 +307,20 @@ def validate_feedback(body: bytes, *, lenient: bool = False) -> payload.LogFeedb
     return feedback
 
 
+_EVENT_SUBJECTS = {
+    "message": "messageId",
+    "conversation": "conversationId",
+    "search": "searchQuery",
+}
+"""Each `entityType`'s id field; the API's union drops the others (lenient does too)."""
+
+
 def validate_event(body: bytes, *, lenient: bool = False) -> payload.InsertEvent:
     """Checks a `POST /events` body as the API would; raises `Refused` (400/422)."""
     raw = _decode_json(body)
+    if lenient and isinstance(raw, dict) and raw.get("entityType") in _EVENT_SUBJECTS:
+        keep = _EVENT_SUBJECTS[raw["entityType"]]
+        raw = {k: v for k, v in raw.items() if k == keep or k not in _EVENT_SUBJECTS.values()}
     event = _convert(raw, payload.InsertEvent, lenient=lenient)
     found = _check_dates(raw, "$") or _check_user_properties(raw.get("userProperties"), "$")
     if found is not None:
@@ -938,6 +949,7 @@ def _api_conversation(
     """The conversation as the API answers it: times it assigns filled in, a message
     already stored keeping the time it was first stored."""
     first_seen = {m.id: m.created_at for m in previous.messages} if previous else {}
+    created = [m.created_at or first_seen.get(m.id) or now for m in conversation.messages]
     messages = [
         ApiMessage(
             id=m.id,
@@ -945,8 +957,8 @@ def _api_conversation(
             external_id=m.external_id,
             external_url=m.external_url,
             conversation_id=conversation.id,
-            created_at=m.created_at or first_seen.get(m.id) or now,
-            updated_at=m.updated_at or m.created_at or now,
+            created_at=created_at,
+            updated_at=m.updated_at or created_at,
             role=m.role,
             content=m.content,
             name=m.name,
@@ -955,7 +967,7 @@ def _api_conversation(
             user_properties=m.user_properties,
             tool_calls=m.tool_calls,
         )
-        for m in conversation.messages
+        for m, created_at in zip(conversation.messages, created, strict=True)
     ]
     return ApiConversation(
         id=conversation.id,

@@ -1,8 +1,9 @@
 """Fixtures for the analytics API emulator.
 
 Every body any emulator fixture accepts during a run is appended, as it is
-accepted, to one NDJSON file of that run (`accepted_bodies_path`), so the
-conformance test can check them with the official SDK.
+accepted, to NDJSON files of that run: conversations to `accepted_bodies_path`,
+feedback and events beside it (`recorded_path`), so the conformance checks can
+run the official SDK over them.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from consumer.emulator import Emulator
+from consumer.emulator import Emulator, Endpoint, recording_path
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["API_KEY", "accepted_bodies_path", "emulator"]
+__all__ = ["API_KEY", "accepted_bodies_path", "emulator", "recorded_path"]
 
 API_KEY = "test-key"
 ACCEPTED_BODIES_NAME = "accepted-bodies.ndjson"
@@ -29,6 +30,11 @@ def accepted_bodies_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("emulator") / ACCEPTED_BODIES_NAME
     path.write_bytes(b"")
     return path
+
+
+def recorded_path(accepted_bodies_path: Path, endpoint: Endpoint) -> Path:
+    """The run's NDJSON file of the bodies accepted at `endpoint` (it may not exist yet)."""
+    return recording_path(accepted_bodies_path, endpoint)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emulator_fixtures import API_KEY
+from emulator_fixtures import API_KEY, recorded_path
 
 from consumer import emulator as emulator_module
 from consumer.emulator import Emulator, Endpoint
@@ -61,7 +61,9 @@ async def run_sdk(node: str, url: str) -> tuple[int, list[str]]:
     return process.returncode, lines
 
 
-async def test_the_sdk_is_served_and_reads_every_answer(node: str, emulator: Emulator):
+async def test_the_sdk_is_served_and_reads_every_answer(
+    node: str, emulator: Emulator, accepted_bodies_path: Path
+):
     returncode, lines = await run_sdk(node, emulator.url)
     report = "\n".join(lines)
     assert returncode == 0, report
@@ -82,6 +84,12 @@ async def test_the_sdk_is_served_and_reads_every_answer(node: str, emulator: Emu
         "message",
         "conversation",
     ]
+    for endpoint, bodies in (
+        (Endpoint.FEEDBACK, emulator.accepted_feedback),
+        (Endpoint.EVENTS, emulator.accepted_events),
+    ):
+        recorded = recorded_path(accepted_bodies_path, endpoint).read_bytes().splitlines()
+        assert set(bodies) <= set(recorded), endpoint
 
 
 async def test_an_answer_that_drifts_from_the_sdks_model_fails_the_client(

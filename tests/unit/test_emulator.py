@@ -565,6 +565,7 @@ async def test_an_upsert_keeps_the_first_times_the_api_assigned(emulator):
     second = json.loads((await post(emulator.url, encode(document)))[2])
     assert second["createdAt"] == first["createdAt"]
     assert second["messages"][0]["createdAt"] == first["messages"][0]["createdAt"]
+    assert second["messages"][0]["updatedAt"] == first["messages"][0]["createdAt"]
 
 
 @pytest.mark.parametrize(
@@ -811,6 +812,9 @@ async def test_lenient_mode_drops_unknown_keys_of_feedback_and_events():
         assert (await post(emu.url, encode(conversation())))[0] == 200
         assert (await send(emu.url, "/feedback", {**FEEDBACK, "rating": "up"}))[0] == 200
         assert (await send(emu.url, "/events", {**MESSAGE_EVENT, "surprise": 1}))[0] == 200
+        mixed = {**MESSAGE_EVENT, "conversationId": "conv_1", "id": "ev_mixed"}
+        assert (await send(emu.url, "/events", mixed))[0] == 200
+        assert emu.events["ev_mixed"].conversation_id is None
         assert (await send(emu.url, "/feedback", {**FEEDBACK, "type": "meh"}))[0] == 422
 
 
