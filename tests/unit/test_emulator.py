@@ -14,6 +14,8 @@ import aiohttp
 import msgspec
 import pytest
 from emulator_fixtures import API_KEY
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consumer import payload
 from consumer.emulator import (
@@ -30,6 +32,8 @@ from consumer.emulator import (
     parser,
     recording_path,
     validate,
+    validate_event,
+    validate_feedback,
 )
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -888,3 +892,49 @@ def test_the_fault_endpoint_flag():
     assert from_args(parser().parse_args([])).faults.endpoints == {Endpoint.CONVERSATIONS}
     with pytest.raises(SystemExit):
         parser().parse_args(["--fault-endpoint", "healthz"])
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+VALIDATORS = (validate, validate_feedback, validate_event)
+
+
+def taken_or_refused(body: bytes) -> None:
+    """Each validator takes the body or refuses it with 400/422 and a reason; nothing else."""
+    for check in VALIDATORS:
+        refusal: Refused | None = None
+        try:
+            check(body)
+        except Refused as exc:
+            refusal = exc
+        if refusal is not None:
+            assert refusal.status in {400, 422}
+            assert refusal.detail
+
+
+@given(st.binary(max_size=200))
+def test_hostile_bytes_are_refused_never_crash(body):
+    taken_or_refused(body)
+
+
+@given(JSON)
+def test_any_json_is_taken_or_refused_never_crash(value):
+    taken_or_refused(json.dumps(value).encode())
+
+
+@given(
+    st.sampled_from([conversation(), FEEDBACK, MESSAGE_EVENT, CONVERSATION_EVENT]),
+    st.text(max_size=20),
+    JSON,
+)
+def test_a_valid_body_with_one_key_changed_is_taken_or_refused(document, key, value):
+    changed = {**document, key: value}
+    taken_or_refused(json.dumps(changed).encode())
+    if "messages" in document:
+        message = {**document["messages"][0], key: value}
+        taken_or_refused(json.dumps({**document, "messages": [message]}).encode())
