@@ -1112,5 +1112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulator = from_args(args)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(emulator))
-    print(f"emulator stopped; {len(emulator.accepted)} bodies accepted", file=sys.stderr)  # noqa: T201
+    accepted = (
+        f"{len(emulator.accepted)} conversation, {len(emulator.accepted_feedback)} feedback "
+        f"and {len(emulator.accepted_events)} event bodies accepted"
+    )
+    print(f"emulator stopped; {accepted}", file=sys.stderr)  # noqa: T201
     return 0
