@@ -87,9 +87,7 @@ def to_completion(
             messages += output[:-1]
             last = output[-1]
             extra = {**(last.properties or {}), **_reply_properties(result)}
-            choices.append(
-                events.Choice(message=msgspec.structs.replace(last, properties=extra))
-            )
+            choices.append(events.Choice(message=msgspec.structs.replace(last, properties=extra)))
         response = events.Response(
             object="response",
             created=int(result.created_at) if result.created_at is not None else None,
@@ -265,9 +263,11 @@ def _input_message(item: events.ResponseItem) -> events.ItemMessage:
 def _tool_result(item: events.ResponseItem) -> events.ItemMessage:
     output = item.output
     if not isinstance(output, str):
-        texts = [
-            part.get("text") for part in output if isinstance(part, dict)
-        ] if isinstance(output, list) else []
+        texts = (
+            [part.get("text") for part in output if isinstance(part, dict)]
+            if isinstance(output, list)
+            else []
+        )
         if texts and all(isinstance(text, str) for text in texts) and len(texts) == len(output):
             output = "".join(texts)  # type: ignore[arg-type]
         else:
