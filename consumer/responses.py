@@ -49,9 +49,9 @@ def history(event: events.ResponseEvent) -> Literal["full", "delta"]:
 
 
 def last_instructions(conv: state.ConversationState) -> str | None:
-    """The latest `instructions` logged in the conversation, if any."""
+    """The latest system prompt logged (instructions, or a chat completion's system message)."""
     for entry in reversed(conv.entries):
-        if entry.properties and entry.properties.get("source") == INSTRUCTIONS:
+        if entry.role in ("system", "developer"):
             return entry.content if isinstance(entry.content, str) else None
     return None
 

@@ -1,3 +1,4 @@
+# ruff: noqa: INP001 - a standalone script, not a package module.
 """Writes the examples of what real producers send, built from the official `openai` SDK's types.
 
     .venv/bin/python docs/examples/make_sdk_examples.py
