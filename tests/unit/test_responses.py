@@ -41,7 +41,7 @@ from openai.types.responses.response_output_item import (
 )
 from openai.types.responses.response_reasoning_item import Summary
 
-from consumer import events, render, responses
+from consumer import events, render, responses, workload
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Trigger
 from consumer.errors import InvalidEvent
 
@@ -653,3 +653,37 @@ def test_the_checked_in_examples_are_what_the_sdk_script_writes(tmp_path: Path, 
     assert script["main"]() == 0
     for name in ("sdk-chat-completions.ndjson", "responses-api.ndjson"):
         assert (tmp_path / name).read_text() == (EXAMPLES / name).read_text(), name
+
+
+# --- the demo producer -------------------------------------------------------------------
+
+
+def test_the_workload_sends_the_same_conversations_through_either_api():
+    """With every conversation as Responses API events, each logs what its chat form logs."""
+    chat = list(workload.generate(60, seed=11))
+    both = list(workload.generate(60, seed=11, shape=workload.Shape(responses_share=1.0)))
+    kinds = {type(events.decode_event(value)) for _, value in both}
+    assert kinds == {events.ResponseEvent, events.ConversationEnded}
+
+    def logged(records: list[tuple[bytes, bytes]]) -> dict[str, list[Any]]:
+        out, errors = io.BytesIO(), io.StringIO()
+        source = io.BytesIO(b"".join(value + b"\n" for _, value in records))
+        assert render.render(source, out, errors) == 0, errors.getvalue()
+        found = {}
+        for line in out.getvalue().splitlines():
+            body = json.loads(line)
+            found[body["id"]] = [
+                (
+                    m["role"],
+                    m["content"],
+                    m.get("tool_calls"),
+                    len((m.get("properties") or {}).get("tool_results", [])),
+                )
+                for m in body["messages"]
+            ]
+        return found
+
+    assert logged(both) == logged(chat)
+    mixed = list(workload.generate(200, seed=5, shape=workload.Shape(responses_share=0.3)))
+    share = sum(1 for _, v in mixed if b'"event_type":"response"' in v) / len(mixed)
+    assert 0.1 < share < 0.5
