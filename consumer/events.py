@@ -192,10 +192,18 @@ def _check_items(items: list[dict[str, Any]]) -> None:
             raise ValueError(f"item {index}: a {kind} needs a `name` and a `call_id`")
 
 
+_ITEMS = (
+    "Responses API items: objects with a `type` (`message` when left out; a message needs"
+    " a `role`); `function_call` and `custom_tool_call` need `name` and `call_id`;"
+    " `*_output` items carry `call_id` and `output`; other types (built-in tool calls)"
+    " are kept whole."
+)
+
+
 class ResponseRequest(msgspec.Struct, frozen=True):
     """The parameters of a Responses API create call."""
 
-    input: str | list[dict[str, Any]] = []
+    input: str | Annotated[list[dict[str, Any]], msgspec.Meta(description=_ITEMS)] = []
     instructions: str | None = None
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
@@ -214,7 +222,7 @@ class ResponseResult(msgspec.Struct, frozen=True):
     created_at: float | None = None
     model: str | None = None
     status: str | None = None
-    output: list[dict[str, Any]] = []
+    output: Annotated[list[dict[str, Any]], msgspec.Meta(description=_ITEMS)] = []
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
