@@ -219,7 +219,8 @@ class ResponseResult(msgspec.Struct, frozen=True):
 
     id: str | None = None
     object: str | None = None
-    created_at: float | None = None
+    created_at: Annotated[float, msgspec.Meta(ge=0, le=253402300799)] | None = None
+    """Unix seconds, up to the end of year 9999 (what a timestamp can hold)."""
     model: str | None = None
     status: str | None = None
     output: Annotated[list[dict[str, Any]], msgspec.Meta(description=_ITEMS)] = []

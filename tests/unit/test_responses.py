@@ -453,6 +453,16 @@ def test_malformed_items_are_invalid_input(request_fields: dict[str, Any]):
     assert error.value.kind == "schema"
 
 
+@pytest.mark.parametrize("created_at", [-1, 1e400, 253402300800])
+def test_a_response_time_no_timestamp_can_hold_is_invalid_input(created_at: float):
+    value = json.dumps(event({"input": "q"}, {"id": "r", "output": []})).encode()
+    value = value.replace(
+        b'"output": []', b'"output": [], "created_at": ' + str(created_at).encode()
+    )
+    with pytest.raises(InvalidEvent):
+        events.decode_event(value)
+
+
 def test_malformed_output_items_are_invalid_input():
     value = event({"input": "q"}, {"id": "r", "output": [{"type": "custom_tool_call"}]})
     with pytest.raises(InvalidEvent):
