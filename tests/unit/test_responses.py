@@ -697,3 +697,20 @@ def test_the_workload_sends_the_same_conversations_through_either_api():
     mixed = list(workload.generate(200, seed=5, shape=workload.Shape(responses_share=0.3)))
     share = sum(1 for _, v in mixed if b'"event_type":"response"' in v) / len(mixed)
     assert 0.1 < share < 0.5
+
+
+def test_a_response_over_the_body_limit_is_cut_to_fit_and_the_whole_kept_for_the_dead_letters():
+    huge = {"type": "code_interpreter_call", "id": "ci", "outputs": [{"logs": "x" * 2_500_000}]}
+    value = event({"input": "q"}, result([text("Done")]))
+    value["response"]["output"].insert(0, huge)
+    engine = PartitionEngine(EngineConfig())
+    engine.apply(events.decode_event(json.dumps(value).encode()), 0, 0.0)
+    (flush,) = engine.flush_open(Trigger.SHUTDOWN, 0.0)
+    assert isinstance(flush, Flush)
+    assert len(flush.body) <= 2_000_000
+    assert flush.truncated
+    assert flush.original is not None
+    assert b"x" * 2_500_000 in flush.original
+    reply = json.loads(flush.body)["messages"][-1]
+    (kept,) = reply["properties"]["builtin_tools"]["code_interpreter_call"]
+    assert "truncated" in kept["outputs"][0]["logs"]
