@@ -93,7 +93,11 @@ async def _demo(args: argparse.Namespace, kafka: localkafka.KafkaCluster) -> int
         "each line 'conversation_flushed' is one upsert the API acknowledged"
     )
     events = workload.generate(
-        args.conversations, args.seed, start=datetime.now(UTC), clock=lambda: datetime.now(UTC)
+        args.conversations,
+        args.seed,
+        shape=workload.Shape(responses_share=0.2),
+        start=datetime.now(UTC),
+        clock=lambda: datetime.now(UTC),
     )
     producing = asyncio.create_task(
         workload.produce(kafka.bootstrap_servers, TOPIC, events, rate=args.rate)

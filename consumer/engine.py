@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from consumer import events, payload, state
+from consumer import events, payload, responses, state
 from consumer.errors import Rejected
 from consumer.fit import fit
 
@@ -244,7 +244,10 @@ class PartitionEngine:
         occurred = self._touch(conv, event, key, offset, now)
         if isinstance(event, events.ConversationEnded):
             return self._request(conv, Trigger.ENDED, now)
-        state.apply_completion(conv, event, occurred)
+        if isinstance(event, events.ResponseEvent):
+            responses.apply(conv, event, occurred)
+        else:
+            state.apply_completion(conv, event, occurred)
         conv.closing = False
         self._active[cid] = None
         self._active.move_to_end(cid)

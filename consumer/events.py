@@ -48,6 +48,13 @@ class ToolCall(msgspec.Struct, frozen=True):
     custom: dict[str, Any] | None = None
 
 
+class MessageAudio(msgspec.Struct, frozen=True):
+    """An audio reply: its transcript is kept, its data is not."""
+
+    id: str | None = None
+    transcript: str | None = None
+
+
 class Message(msgspec.Struct, frozen=True):
     """An OpenAI Chat Completions message, as producers send it."""
 
@@ -58,6 +65,22 @@ class Message(msgspec.Struct, frozen=True):
     tool_call_id: str | None = None
     function_call: FunctionCall | None = None
     refusal: str | None = None
+    audio: MessageAudio | None = None
+    annotations: list[dict[str, Any]] | None = None
+    reasoning_content: str | None = None
+    reasoning: Any = None
+    """OpenAI-compatible providers send a string or an object here."""
+    content_filter_results: dict[str, Any] | None = None
+
+
+class ItemMessage(Message, frozen=True):
+    """A message made by `consumer.responses` from Responses API items; never decoded.
+
+    `properties` go into the logged message's properties and take no part in its
+    fingerprint, so a message matches its re-sent copy whatever they hold.
+    """
+
+    properties: dict[str, Any] | None = None
 
 
 class Request(msgspec.Struct, frozen=True):
@@ -69,6 +92,7 @@ class Choice(msgspec.Struct, frozen=True):
     index: int = 0
     message: Message | None = None
     finish_reason: str | None = None
+    content_filter_results: dict[str, Any] | None = None
 
 
 class Response(msgspec.Struct, frozen=True):
@@ -78,6 +102,7 @@ class Response(msgspec.Struct, frozen=True):
     model: str | None = None
     choices: list[Choice] = []
     usage: dict[str, Any] | None = None
+    prompt_filter_results: list[dict[str, Any]] | None = None
 
 
 class ConversationMeta(msgspec.Struct, frozen=True):
@@ -118,7 +143,109 @@ class ConversationEnded(
     conversation: ConversationMeta | None = None
 
 
-Event = ChatCompletion | ConversationEnded
+class ResponsePart(msgspec.Struct, frozen=True):
+    """One part of a Responses API message's content, or of a reasoning summary."""
+
+    type: str
+    text: str | None = None
+    refusal: str | None = None
+    image_url: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+    file_url: str | None = None
+    detail: str | None = None
+    annotations: list[dict[str, Any]] | None = None
+    input_audio: dict[str, Any] | None = None
+
+
+class ResponseItem(msgspec.Struct, frozen=True):
+    """The fields of a Responses API item that the mapping reads; checks each item's shape.
+
+    Items travel as objects so that built-in tool calls are kept whole.
+    """
+
+    type: str | None = None
+    role: Literal["system", "developer", "user", "assistant"] | None = None
+    content: str | list[ResponsePart] | None = None
+    id: str | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    input: str | None = None
+    output: Any = None
+    summary: list[ResponsePart] | None = None
+    status: str | None = None
+
+
+def _check_items(items: list[dict[str, Any]]) -> None:
+    for index, item in enumerate(items):
+        try:
+            parsed = msgspec.convert(item, ResponseItem)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"item {index}: {exc}") from None
+        kind = parsed.type or "message"
+        if kind == "message" and parsed.role is None:
+            raise ValueError(f"item {index}: a message item needs a `role`")
+        if kind in ("function_call", "custom_tool_call") and (
+            parsed.name is None or (parsed.call_id or parsed.id) is None
+        ):
+            raise ValueError(f"item {index}: a {kind} needs a `name` and a `call_id`")
+
+
+_ITEMS = (
+    "Responses API items: objects with a `type` (`message` when left out; a message needs"
+    " a `role`); `function_call` and `custom_tool_call` need `name` and `call_id`;"
+    " `*_output` items carry `call_id` and `output`; other types (built-in tool calls)"
+    " are kept whole."
+)
+
+
+class ResponseRequest(msgspec.Struct, frozen=True):
+    """The parameters of a Responses API create call."""
+
+    input: str | Annotated[list[dict[str, Any]], msgspec.Meta(description=_ITEMS)] = []
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input, str):
+            _check_items(self.input)
+
+
+class ResponseResult(msgspec.Struct, frozen=True):
+    """The `Response` object a Responses API call returned."""
+
+    id: str | None = None
+    object: str | None = None
+    created_at: Annotated[float, msgspec.Meta(ge=0, le=253402300799)] | None = None
+    """Unix seconds, up to the end of year 9999 (what a timestamp can hold)."""
+    model: str | None = None
+    status: str | None = None
+    output: Annotated[list[dict[str, Any]], msgspec.Meta(description=_ITEMS)] = []
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _check_items(self.output)
+
+
+class ResponseEvent(msgspec.Struct, frozen=True, tag_field="event_type", tag="response"):
+    """One Responses API call; `history` defaults to delta when the call chains to earlier state."""
+
+    event_id: Id
+    conversation_id: Id
+    occurred_at: Timestamp
+    request: ResponseRequest
+    history: Literal["full", "delta"] | None = None
+    response: ResponseResult | None = None
+    latency_ms: NonNegative | None = None
+    conversation: ConversationMeta | None = None
+
+
+Event = ChatCompletion | ConversationEnded | ResponseEvent
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 

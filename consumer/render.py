@@ -1,6 +1,7 @@
 """`inkeep-consumer render [FILE]`: the request bodies events become, without Kafka or the API.
 
-It runs the worker's own engine over NDJSON event values (offset = line number),
+It runs the worker's own engine over NDJSON event values of every kind (chat
+completions, Responses API calls, ends), offset = line number,
 acknowledging every flush at once, and treats the end of input as the end of
 every conversation. Useful for checking what producers send before going live.
 """

@@ -24,7 +24,7 @@ from consumer import deadletter, metrics
 from consumer.deadletter import DeadLetter
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Refusal, Trigger
 from consumer.errors import InvalidEvent
-from consumer.events import ChatCompletion, ConversationEnded, decode_event
+from consumer.events import Event, decode_event
 from consumer.health import Health, HealthServer
 from consumer.logs import configure as configure_logs
 from consumer.settings import Settings
@@ -246,7 +246,7 @@ class Worker:
                 part.catch_up = None
                 self._dispatch(part, part.engine.restored(now))
 
-    def _decode(self, value: bytes | None) -> ChatCompletion | ConversationEnded:
+    def _decode(self, value: bytes | None) -> Event:
         if value is None:
             raise InvalidEvent("empty", "the record has no value")
         if len(value) > self.settings.max_record_bytes:

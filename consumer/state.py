@@ -263,6 +263,10 @@ def _reply_properties(
         found["completion_id"] = response.id
     if event.latency_ms is not None:
         found["latency_ms"] = event.latency_ms
+    if reply.content_filter_results is not None:
+        found["content_filter_results"] = reply.content_filter_results
+    if response.prompt_filter_results is not None:
+        found["prompt_filter_results"] = response.prompt_filter_results
     return found
 
 
@@ -342,8 +346,8 @@ def _same(message: events.Message, entry: Entry) -> bool:
 
     A cheap test for plain text messages; False says nothing. An entry keeps the
     role, name, tool call id and text it was made from (no content as ""), except
-    that a refusal may stand in for an empty text; tool calls and legacy function
-    calls are left to the fingerprint.
+    that a refusal or an audio transcript may stand in for an empty text; tool calls
+    and legacy function calls are left to the fingerprint.
     """
     content = message.content
     properties = entry.properties
@@ -358,7 +362,11 @@ def _same(message: events.Message, entry: Entry) -> bool:
         and message.function_call is None
         and (
             properties is None
-            or ("refusal" not in properties and "function_call" not in properties)
+            or (
+                "refusal" not in properties
+                and "function_call" not in properties
+                and "audio" not in properties
+            )
         )
     )
 
@@ -479,6 +487,9 @@ def _append(
         properties["refusal"] = message.refusal
         if content in ("", []):
             content = message.refusal
+    _reply_fields(message, properties)
+    if content in ("", []) and message.audio is not None and message.audio.transcript:
+        content = message.audio.transcript
     if message.function_call is not None:
         properties["function_call"] = {
             "name": message.function_call.name,
@@ -503,6 +514,19 @@ def _append(
         )
     )
     state.fingerprints.append(mark)
+
+
+def _reply_fields(message: events.Message, properties: dict[str, Any]) -> None:
+    """What else a message carries, into its properties: nothing a reply carries is lost."""
+    if message.audio is not None:
+        audio = {"id": message.audio.id, "transcript": message.audio.transcript}
+        properties["audio"] = {k: v for k, v in audio.items() if v is not None}
+    for field in ("annotations", "reasoning_content", "reasoning", "content_filter_results"):
+        value = getattr(message, field)
+        if value is not None:
+            properties[field] = value
+    if isinstance(message, events.ItemMessage) and message.properties:
+        properties.update(message.properties)
 
 
 def _content(content: str | list[events.ContentPart] | None) -> Content:

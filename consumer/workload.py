@@ -69,6 +69,12 @@ class Shape:
     context_chars: int = 500
     """Full history after the system prompt is trimmed, whole turns from the front, to this."""
     think_seconds: tuple[float, float] = (4.0, 40.0)
+    responses_share: float = 0.0
+    """Share of conversations made through the Responses API (`response` events).
+
+    Chosen from the conversation's id, not the stream's generator, so the same seed
+    gives the same conversations whatever the share: only their wire form differs.
+    """
 
 
 _PRODUCTS = ("Acme Cloud", "the Acme CLI", "Acme Pipelines", "the Acme dashboard", "Acme Vault")
@@ -236,6 +242,9 @@ class _Conversation:
         self.history: list[dict[str, Any]] = []
         self.unsent: list[dict[str, Any]] = [self.system]
         self.meta = self._meta()
+        share = shape.responses_share
+        self.responses = share > 0 and random.Random(self.id).random() < share  # noqa: S311
+        self.previous_response: str | None = None
 
     def _meta(self) -> dict[str, Any]:
         rng = self.rng
@@ -332,7 +341,42 @@ class _Conversation:
         event["latency_ms"] = rng.randint(300, 6000)
         if meta:
             event["conversation"] = self.meta
-        return event
+        return self._as_response(event) if self.responses else event
+
+    def _as_response(self, event: Event) -> Event:
+        """The same call made through the Responses API: instructions, input items, output."""
+        chat = event.pop("request")
+        request: dict[str, Any] = {
+            "model": chat["model"],
+            "instructions": self.system["content"],
+            "input": [item for m in chat["messages"] if m is not self.system for item in _items(m)],
+        }
+        event.pop("history", None)
+        if self.delta and self.previous_response is not None:
+            request["previous_response_id"] = self.previous_response
+        elif self.delta:
+            event["history"] = "delta"
+        event["event_type"] = "response"
+        event["request"] = request
+        completion = event.pop("response", None)
+        if completion is not None:
+            usage = completion["usage"]
+            rid = "resp_" + completion["id"].removeprefix("chatcmpl-")
+            event["response"] = {
+                "id": rid,
+                "object": "response",
+                "created_at": None,
+                "model": completion["model"],
+                "status": "completed",
+                "output": _items(completion["choices"][0]["message"]),
+                "usage": {
+                    "input_tokens": usage["prompt_tokens"],
+                    "output_tokens": usage["completion_tokens"],
+                    "total_tokens": usage["total_tokens"],
+                },
+            }
+            self.previous_response = rid
+        return {"event_type": event.pop("event_type"), **event}
 
     def _ended(self) -> Event:
         return {
@@ -342,6 +386,43 @@ class _Conversation:
             "occurred_at": None,
             "conversation": {"properties": {RESOLUTION: self.rng.choice(_RESOLUTIONS)}},
         }
+
+
+def _items(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat message as Responses API items."""
+    role, content = message["role"], message.get("content")
+    if role == "tool":
+        return [
+            {
+                "type": "function_call_output",
+                "call_id": message["tool_call_id"],
+                "output": content,
+            }
+        ]
+    if role == "assistant":
+        items: list[dict[str, Any]] = []
+        if content:
+            text = {"type": "output_text", "text": content, "annotations": []}
+            items.append({"type": "message", "role": "assistant", "content": [text]})
+        items += [
+            {
+                "type": "function_call",
+                "call_id": call["id"],
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+                "status": "completed",
+            }
+            for call in message.get("tool_calls") or ()
+        ]
+        return items
+    if isinstance(content, list):
+        content = [
+            {"type": "input_image", "image_url": part["image_url"]["url"]}
+            if part["type"] == "image_url"
+            else {"type": "input_text", "text": part["text"]}
+            for part in content
+        ]
+    return [{"role": role, "content": content}]
 
 
 def generate(
@@ -385,7 +466,9 @@ def generate(
         item["occurred_at"] = when
         response = item.get("response")
         if response is not None:
-            response["created"] = int(when.timestamp())
+            response["created_at" if "created_at" in response else "created"] = int(
+                when.timestamp()
+            )
         value = _encoder.encode(item)
         key = item["conversation_id"].encode()
         yield key, value
@@ -537,17 +620,27 @@ def _parser() -> argparse.ArgumentParser:
     add("--replication-factor", type=int, default=1, help="for a topic this command creates")
     add("--ended-share", type=float, default=Shape().ended_share, help="share ending explicitly")
     add("--active", type=int, default=None, help="conversations in progress at once")
+    add(
+        "--responses-share",
+        type=float,
+        default=0.2,
+        help="share of conversations sent as Responses API events",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.conversations < 1 or args.rate < 0 or not 0.0 <= args.ended_share <= 1.0:
-        _say("error: --conversations must be >= 1, --rate >= 0, --ended-share in [0, 1]")
+    shares = (args.ended_share, args.responses_share)
+    if args.conversations < 1 or args.rate < 0 or not all(0.0 <= s <= 1.0 for s in shares):
+        _say(
+            "error: --conversations must be >= 1, --rate >= 0, "
+            "--ended-share and --responses-share in [0, 1]"
+        )
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     active = args.active or (max(1, int(args.rate * 5)) if args.rate else Shape().active)
-    shape = Shape(ended_share=args.ended_share, active=active)
+    shape = Shape(ended_share=args.ended_share, active=active, responses_share=args.responses_share)
     live = args.rate > 0
     events = generate(
         args.conversations,

@@ -34,6 +34,8 @@ EXPECTED_MESSAGES = {
     "conv_orders_5d10b8": 7,
     "conv_vat_legacy_0b77": 3,
     "conv_billing_93e1f4": 11,
+    "conv_sdk_chat_4a1e": 8,
+    "conv_sdk_responses_8b2d": 8,
 }
 
 Check = Callable[[bytes], subprocess.CompletedProcess[bytes]]

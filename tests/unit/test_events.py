@@ -41,7 +41,17 @@ INVALID_KINDS = [
 ]
 
 # Keys whose values are free-form data: whatever is inside them is kept as sent.
-FREE_FORM = {"properties", "user_properties", "usage", "input_audio", "file", "custom"}
+FREE_FORM = {"properties", "user_properties", "usage", "input_audio", "file", "custom"} | {
+    # Kept as given (contract v1.2); Responses API items are kept whole for built-in tools.
+    "annotations",
+    "content_filter_results",
+    "prompt_filter_results",
+    "reasoning",
+    "input",
+    "output",
+    "error",
+    "incomplete_details",
+}
 
 BASE: dict[str, Any] = {
     "event_id": "evt_01JD5K8Z3Q7M",
@@ -135,14 +145,16 @@ def assert_kept(sent: Any, decoded: Any, path: str = "$") -> None:
 def test_every_example_line_decodes_with_its_values(line: bytes):
     event = events.decode_event(line)
     sent = json.loads(line)
-    assert isinstance(event, events.ChatCompletion | events.ConversationEnded)
+    assert isinstance(
+        event, events.ChatCompletion | events.ConversationEnded | events.ResponseEvent
+    )
     assert event.event_id == sent["event_id"]
     assert_kept(sent, msgspec.to_builtins(event))
 
 
 def test_the_examples_hold_both_event_types_in_several_files():
     kinds = {type(event) for _, event in decoded_examples()}
-    assert kinds == {events.ChatCompletion, events.ConversationEnded}
+    assert kinds == {events.ChatCompletion, events.ConversationEnded, events.ResponseEvent}
     assert len(example_files()) >= 4
 
 
