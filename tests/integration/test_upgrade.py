@@ -143,11 +143,15 @@ class VersionedWorker(Worker):
         return self
 
     def assigned(self) -> bool:
-        """This start has logged an assignment with partitions in it."""
+        """This start has logged an assignment with partitions in it (fails if it exited)."""
         import msgspec  # noqa: PLC0415
 
         assert self.log_path is not None
-        for raw in self.log_path.read_bytes().splitlines():
+        lines = self.log_path.read_bytes().splitlines()
+        if not self.alive():
+            tail = b"\n".join(lines[-5:]).decode(errors="replace")
+            raise AssertionError(f"{self.name} ({self.version}) exited:\n{tail}")
+        for raw in lines:
             with contextlib.suppress(msgspec.DecodeError):
                 line: dict[str, Any] = msgspec.json.decode(raw)
                 if line.get("event") == "partitions_assigned" and line.get("partitions"):
