@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer import deadletter
-from consumer.cli import OVERRIDES
+from consumer import cli, deadletter
 from consumer.dlq import (
     Action,
     Dead,
@@ -194,7 +193,7 @@ def test_still_invalid_uses_the_current_decoder_and_size_limit() -> None:
 
 
 def test_command_line_selection() -> None:
-    args = parser(OVERRIDES).parse_args(
+    args = parser(cli.OVERRIDES).parse_args(
         [
             "replay",
             "--reason",
@@ -222,4 +221,12 @@ def test_command_line_selection() -> None:
     assert selection.from_offset == 5
     assert args.kafka_dlq_topic == "x.dlq"
     with pytest.raises(SystemExit):
-        parser(OVERRIDES).parse_args(["inspect", "--since", "yesterday"])
+        parser(cli.OVERRIDES).parse_args(["inspect", "--since", "yesterday"])
+
+
+def test_dlq_command_needs_the_workers_settings(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("INKEEP_API_KEY", raising=False)
+    assert cli.main(["dlq", "inspect"]) == 2
+    assert "INKEEP_API_KEY" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["dlq", "delete"])
