@@ -34,7 +34,11 @@ from consumer.events import decode_event
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    import aiohttp
+    from aiokafka import AIOKafkaProducer
+
     from consumer.settings import Settings
+    from consumer.sink import Sink
 
 log = structlog.get_logger(__name__)
 
@@ -394,9 +398,9 @@ class Replayer:
         self.settings = settings
         self.execute = execute
         self.include_still_invalid = include_still_invalid
-        self._producer: Any = None
-        self._sink: Any = None
-        self._http: Any = None
+        self._producer: AIOKafkaProducer | None = None
+        self._sink: Sink | None = None
+        self._http: aiohttp.ClientSession | None = None
 
     async def run(self, selection: Selection) -> list[Result]:
         from consumer.sink import Sink  # noqa: PLC0415 - only replay needs HTTP.
@@ -437,6 +441,7 @@ class Replayer:
             return self._result(dead, Action.SKIP_STILL_INVALID, executed=False, detail=why)
         if not self.execute:
             return self._result(dead, Action.PRODUCE, executed=False)
+        assert self._producer is not None
         source = f"{self.settings.kafka_dlq_topic}:{dead.partition}:{dead.offset}"
         partition = None if dead.key is not None else dead.source_partition
         await self._producer.send_and_wait(
@@ -479,6 +484,7 @@ class Replayer:
                     api_messages=None if held is None else len(held.messages),
                 )
             return self._result(dead, action, executed=False, detail=detail)
+        assert self._sink is not None
         delivery = await self._sink.deliver(body, dead.value)
         if delivery.outcome != "acked":
             return self._result(
@@ -505,8 +511,9 @@ class Replayer:
 
         from consumer.sink import retry_after_seconds  # noqa: PLC0415
 
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
+        http = self._http
+        if http is None:
+            http = self._http = aiohttp.ClientSession(
                 headers={
                     "Authorization": f"Bearer {self.settings.inkeep_api_key}",
                     "Accept": "application/json",
@@ -519,7 +526,7 @@ class Replayer:
         for attempt in range(self.GET_ATTEMPTS):
             wait = min(self.settings.inkeep_max_retry_delay_seconds, 0.5 * 2**attempt)
             try:
-                async with self._http.get(url, allow_redirects=False) as response:
+                async with http.get(url, allow_redirects=False) as response:
                     text = await response.read()
                     status = response.status
                     after = retry_after_seconds(response.headers.get("Retry-After"))
@@ -588,6 +595,7 @@ class Replayer:
             conversation_id=dead.conversation_id,
             status=status,
         )
+        assert self._producer is not None
         await self._producer.send_and_wait(
             ledger_topic(self.settings), _json.encode(entry), key=dead.ledger_key
         )
