@@ -301,3 +301,32 @@ async def test_invalid_records_go_back_to_the_input_with_their_key(
     worker.start()
     await wait_for(lambda: all_logged(emulator, expected), 60, "the replayed records logged")
     assert_matches(emulator.conversations, expected)
+
+
+async def test_a_refused_continuation_replaces_its_shorter_logged_start(
+    kafka, workers, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Logged once, then refused when it went on: the API's copy is a prefix, so replay sends it."""
+    bootstrap = kafka.bootstrap_servers
+    topic = await make_topic(bootstrap, 1)
+    start = conversation("x", 2, ended=False, history="delta")
+    rest = conversation("x", 2, start=2, ended=True, history="delta")
+    worker = workers(bootstrap, topic, emulator, group=fresh("g")).start()
+    await produce(bootstrap, topic, start)
+    first = expected_bodies(start, tmp_path)
+    await wait_for(lambda: all_logged(emulator, first), 60, "the start logged")
+    emulator.faults.reject_ids = {"x"}
+    await produce(bootstrap, topic, rest)
+    await wait_for(
+        lambda: committed_to_the_end(bootstrap, worker.group, topic, len(start) + len(rest)),
+        60,
+        "the continuation dead-lettered",
+    )
+    await worker.terminate()
+    emulator.faults.reject_ids = set()
+    assert emulator.conversations["x"] == first["x"]
+
+    run = await dlq(dlq_env(bootstrap, topic, emulator), tmp_path, "replay", "--execute")
+    assert actions(run) == Counter({"send": 1})
+    assert_matches(emulator.conversations, expected_bodies(start + rest, tmp_path))
+    history_only_grows(emulator)
