@@ -29,6 +29,8 @@ DELEGATED = {
     "schema": ("consumer.schema", "print (or --check/--write) the input event JSON schema"),
 }
 
+DLQ_HELP = "inspect the dead-letter topic, or replay chosen dead letters (dlq inspect|replay)"
+
 # Flag -> settings field; flags win over environment variables.
 OVERRIDES = {
     "--bootstrap-servers": "kafka_bootstrap_servers",
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, (_module, text) in DELEGATED.items():
         commands.add_parser(name, help=text, add_help=False)
+    commands.add_parser("dlq", help=DLQ_HELP, add_help=False)
     return parser
 
 
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args and args[0] in DELEGATED:
             return _delegate(args[0], args[1:])
+        if args and args[0] == "dlq":
+            return _dlq(args[1:])
         parsed = _parser().parse_args(args)
         overrides = {field: getattr(parsed, field) for field in OVERRIDES.values()}
         if parsed.command == "check-config":
@@ -105,3 +110,12 @@ def _run(overrides: dict[str, Any]) -> int:
 def _delegate(name: str, argv: list[str]) -> int:
     module = importlib.import_module(DELEGATED[name][0])
     return int(module.main(argv) or 0)
+
+
+def _dlq(argv: list[str]) -> int:
+    """`dlq` takes the worker's settings (and override flags), so it is not simply delegated."""
+    from consumer import dlq  # noqa: PLC0415 - only this command needs it.
+
+    parsed = dlq.parser(OVERRIDES).parse_args(argv)
+    settings = _settings({field: getattr(parsed, field) for field in OVERRIDES.values()})
+    return dlq.main(parsed, settings)
