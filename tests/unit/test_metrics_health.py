@@ -4,14 +4,16 @@ import random
 
 import aiohttp
 import pytest
+from aiokafka import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from consumer import metrics
+from consumer import metrics, runtime
 from consumer.health import Health, HealthServer, Reachability
+from consumer.settings import Settings
 
 EXPECTED = {
     "records_consumed": (Counter, ("topic", "partition")),
@@ -337,4 +339,38 @@ def test_liveness_holds_while_a_restore_makes_progress_and_fails_when_it_stalls(
         health.beat()
         assert health.alive
     clock.now += 60.1  # stalled: no record for longer than the timeout
+    assert not health.alive
+
+
+async def test_an_assignment_keeps_liveness_while_its_restore_reads_records(monkeypatch):
+    """The runtime's restore beats per state record; a stalled restore still fails liveness."""
+    clock = Clock()
+    health = Health(heartbeat_timeout=60.0, clock=clock)
+    settings = Settings.from_env(
+        {"INKEEP_API_KEY": "k", "KAFKA_BOOTSTRAP_SERVERS": "b:9092", "KAFKA_TOPIC": "t"}
+    )
+    worker = runtime.Worker(settings, health=health)
+    seen: list[tuple[bool, bool]] = []
+
+    async def slow_read_state(_options, _topic, partitions, on_record):
+        for i in range(30):  # 30 records, 10 s apart: 5 minutes, the loop not beating
+            clock.now += 10.0
+            on_record(partitions[0], f"c{i}".encode(), None)
+            seen.append((health.alive, health.restoring))
+        return 30
+
+    class Consumer:
+        async def end_offsets(self, tps):
+            return dict.fromkeys(tps, 0)
+
+        async def committed(self, _tp):
+            return None
+
+    monkeypatch.setattr(runtime, "read_state", slow_read_state)
+    worker._consumer = Consumer()
+    await worker.assign([TopicPartition("t", 0)])
+    assert seen == [(True, True)] * 30
+    assert health.ready
+
+    clock.now += 60.1
     assert not health.alive
