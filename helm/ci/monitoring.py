@@ -74,7 +74,7 @@ def runbooks(rules_file: str, doc: str) -> None:
 
 def main(argv: list[str]) -> None:
     commands = {"rules": rules, "dashboard": dashboard, "runbooks": runbooks}
-    if len(argv) != 3 or argv[0] not in commands:  # noqa: PLR2004 - command and two paths
+    if len(argv) != 3 or argv[0] not in commands:
         sys.exit(__doc__)
     commands[argv[0]](argv[1], argv[2])
 
