@@ -1,9 +1,12 @@
 """Liveness, readiness and metrics over HTTP, for Kubernetes probes and Prometheus.
 
 The runtime owns a `Health` and tells it what is going on; the server only reads
-it. Liveness is a heartbeat from the worker's loop, so a wedged loop gets the pod
-restarted. Readiness says whether this worker is doing useful work right now and,
-when not, names the failing checks in its JSON body.
+it. Liveness is a heartbeat from the worker's loop (and from a long restore or
+revoke while it makes progress), so a wedged loop gets the pod restarted.
+Readiness says whether this worker is doing useful work right now and, when
+not, names the failing checks in its JSON body. The API counts as unreachable
+only after requests have failed without a single success for a whole window
+(`Reachability`), so a few 5xx among many successes never flip the pod.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 import msgspec
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,6 +27,54 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 _json = msgspec.json.Encoder()
+log = structlog.get_logger(__name__)
+
+API_UNREACHABLE_AFTER_SECONDS = 30.0
+"""How long requests must fail with no success in between before the API counts as unreachable."""
+
+
+class Reachability:
+    """Whether the API answers, judged over a window rather than on the last answer.
+
+    The API turns unreachable when answers have failed (5xx, timeout, dropped
+    connection) for at least `window` seconds, from the first failure after the
+    last success to the latest failure, with no success in between. One success
+    makes it reachable again. Only observed answers move the state: with no
+    request in flight nothing is known, and nothing changes. Each change is
+    logged once.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: float = API_UNREACHABLE_AFTER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window <= 0:
+            raise ValueError("the reachability window must be positive")
+        self.window = window
+        self._clock = clock
+        self.reachable = True
+        self._failing_since: float | None = None
+
+    def observe(self, ok: bool, reason: str = "") -> None:  # noqa: FBT001 - one observation.
+        """Records one answer: `ok` when the API answered below 500."""
+        now = self._clock()
+        if ok:
+            self._failing_since = None
+            if not self.reachable:
+                self.reachable = True
+                log.info("api_reachable")
+            return
+        if self._failing_since is None:
+            self._failing_since = now
+        if self.reachable and now - self._failing_since >= self.window:
+            self.reachable = False
+            log.warning(
+                "api_unreachable",
+                reason=reason,
+                failing_seconds=round(now - self._failing_since, 3),
+            )
 
 
 class Health:
@@ -33,7 +85,11 @@ class Health:
     """
 
     def __init__(
-        self, *, heartbeat_timeout: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        heartbeat_timeout: float = 60.0,
+        unreachable_after: float = API_UNREACHABLE_AFTER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self._clock = clock
@@ -41,10 +97,15 @@ class Health:
         self.assigned = False
         self.restoring = False
         self.auth_failed = False
-        self.api_reachable = True
+        self.reachability = Reachability(window=unreachable_after, clock=clock)
 
     def beat(self) -> None:
+        """The loop, or a long restore or revoke, made progress."""
         self._last_beat = self._clock()
+
+    def observe_api(self, ok: bool, reason: str = "") -> None:  # noqa: FBT001 - one observation.
+        """One answer from the API; see `Reachability`."""
+        self.reachability.observe(ok, reason)
 
     def set_assigned(self, assigned: bool) -> None:  # noqa: FBT001 - a setter.
         self.assigned = assigned
@@ -56,8 +117,9 @@ class Health:
         self.auth_failed = failed
         metrics.auth_failing.set(1 if failed else 0)
 
-    def set_api_reachable(self, reachable: bool) -> None:  # noqa: FBT001 - a setter.
-        self.api_reachable = reachable
+    @property
+    def api_reachable(self) -> bool:
+        return self.reachability.reachable
 
     @property
     def since_beat(self) -> float:
@@ -126,6 +188,10 @@ class HealthServer:
         return _json_response(body, 503 if failing else 200)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
+        checks = self.health.checks()
+        for name, ok in checks.items():
+            metrics.ready_check.labels(check=name).set(1 if ok else 0)
+        metrics.ready.set(1 if all(checks.values()) else 0)
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

@@ -116,3 +116,25 @@ auth_failing = Gauge(
 
 for _reason in ("backpressure", "auth"):
     paused.labels(reason=_reason).set(0)
+
+ready = Gauge(
+    f"{PREFIX}_ready",
+    "1 while /readyz answers 200; updated on every scrape.",
+    registry=REGISTRY,
+)
+ready_check = Gauge(
+    f"{PREFIX}_ready_check",
+    "Each readiness check (assigned, state_restored, api_auth, api_reachable): 1 when it passes.",
+    ["check"],
+    registry=REGISTRY,
+)
+durable_writes_failed = Counter(
+    f"{PREFIX}_durable_writes_failed",
+    "State or dead-letter records the broker did not take; the worker stops on the first.",
+    registry=REGISTRY,
+)
+offset_commits_failed = Counter(
+    f"{PREFIX}_offset_commits_failed",
+    "Offset commits the group coordinator refused (skipped; the next checkpoint retries).",
+    registry=REGISTRY,
+)

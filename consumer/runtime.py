@@ -181,6 +181,7 @@ class Worker:
             rate_limit=s.inkeep_rate_limit_per_second,
             timeout=s.inkeep_request_timeout_seconds,
             max_retry_delay=s.inkeep_max_retry_delay_seconds,
+            on_answer=self.health.observe_api,
         )
         await self._sink.start()
         self._producer = AIOKafkaProducer(
@@ -342,7 +343,6 @@ class Worker:
                 self._delivered(part, flush, task.result(), now)
         if self._sink is not None:
             self.health.set_auth_failed(self._sink.auth_failed)
-            self.health.set_api_reachable(self._sink.reachable)
 
     def _delivered(self, part: _Partition, flush: Flush, delivery: Delivery, now: float) -> None:
         self._activity = True  # An acknowledgement may release held offsets.
@@ -435,6 +435,8 @@ class Worker:
         Stopping without committing leaves the replay to the next start.
         `reason` is logged once; None when the caller logged it already.
         """
+        if not self._failed and reason == "durable_write_failed":
+            metrics.durable_writes_failed.inc()
         if not self._failed and reason is not None:
             log.error(reason, hint=STOPPING)
         self._failed = True
@@ -563,6 +565,7 @@ class Worker:
                 # Safe to skip: the state is durable, and whoever replays from the last
                 # commit finds these events already applied.
                 log.warning("commit_failed", error=f"{type(exc).__name__}: {exc}")
+                metrics.offset_commits_failed.inc()
                 continue
             metrics.offsets_committed.inc(len(offsets))
             for tp, offset in offsets.items():
@@ -580,6 +583,7 @@ class Worker:
                 tasks, timeout=min(remaining, 0.5), return_when=asyncio.FIRST_COMPLETED
             )
             self._collect(self._clock())
+            self.health.beat()  # A bounded drain is progress; liveness must not fail on it.
             await self._send_dead_letters()
 
     async def _close_partitions(
@@ -608,6 +612,8 @@ class Worker:
                     unanswered=len(part.tasks),
                 )
             del self._parts[part.tp]
+            with contextlib.suppress(KeyError):  # a stale gauge would report lag nobody owns
+                metrics.consumer_lag.remove(part.tp.topic, str(part.tp.partition))
         metrics.open_conversations.set(sum(p.engine.open_count for p in self._parts.values()))
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
@@ -629,11 +635,13 @@ class Worker:
             now = self._clock()
             engines = {tp.partition: PartitionEngine(self._config) for tp in new}
             started = time.monotonic()
+
+            def restore(partition: int, key: bytes, value: bytes | None) -> None:
+                self.health.beat()  # Each record read back is progress, however long it takes.
+                engines[partition].restore(key, value, now)
+
             count = await read_state(
-                self._options,
-                self.settings.kafka_state_topic,
-                sorted(engines),
-                lambda partition, key, value: engines[partition].restore(key, value, now),
+                self._options, self.settings.kafka_state_topic, sorted(engines), restore
             )
             ends = await self._consumer.end_offsets(new) if new else {}
             for tp in new:

@@ -27,6 +27,7 @@ from consumer import errors, metrics, payload
 from consumer.fit import fit
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
 log = structlog.get_logger(__name__)
@@ -164,6 +165,7 @@ class Sink:
         base_retry_delay: float = 0.5,
         max_body_bytes: int = payload.MAX_BODY_BYTES,
         user_agent: str = "inkeep-conversation-consumer",
+        on_answer: Callable[[bool, str], None] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -183,6 +185,7 @@ class Sink:
         self._max_body_bytes = max_body_bytes
         self._random = random.Random()  # noqa: S311 - jitter, not secrecy.
         self._session: aiohttp.ClientSession | None = None
+        self._on_answer = on_answer
         self._auth_ok = asyncio.Event()
         self._auth_ok.set()
         self._auth_changed = 0.0
@@ -322,13 +325,10 @@ class Sink:
         else:
             error = classify(answer.status, answer.answer, answer.retry_after)
         metrics.api_requests.labels(status=answer.label).inc()
-        reachable = answer.status is not None and answer.status < 500
-        if reachable != self.reachable:
-            self.reachable = reachable
-            if reachable:
-                log.info("api_reachable", status=answer.status)
-            else:
-                log.warning("api_unreachable", reason=answer.label)
+        # Per answer; readiness judges it over a window (health.Reachability), which logs.
+        self.reachable = answer.status is not None and answer.status < 500
+        if self._on_answer is not None:
+            self._on_answer(self.reachable, answer.label)
         if error is None:
             self.last_success = time.monotonic()
         # An answer to a request sent before the last change of state is stale: it says

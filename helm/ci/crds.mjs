@@ -13,6 +13,8 @@ const MODELS = {
   "keda.sh/v1alpha1/ScaledObject": "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject.js",
   "keda.sh/v1alpha1/TriggerAuthentication":
     "@kubernetes-models/keda/keda.sh/v1alpha1/TriggerAuthentication.js",
+  "monitoring.coreos.com/v1/PrometheusRule":
+    "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule.js",
   "monitoring.coreos.com/v1/ServiceMonitor":
     "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor.js",
 };

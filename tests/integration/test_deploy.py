@@ -18,7 +18,14 @@ import pytest
 from harness import REPO
 
 SCRIPT = REPO / ".ci" / "deploy-checks"
-COPIED = ("Dockerfile", ".dockerignore", "docker-compose.yml", "helm", ".ci/deploy-checks")
+COPIED = (
+    "Dockerfile",
+    ".dockerignore",
+    "docker-compose.yml",
+    "helm",
+    ".ci/deploy-checks",
+    "docs/operations.md",
+)
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("go", "node", "npm")),
@@ -55,7 +62,7 @@ class Break(NamedTuple):
     old: str
     new: str
     checks: tuple[str, ...]  # the checks that must fail, and only they
-    says: str  # what each of them must print
+    says: str | tuple[str, ...]  # what each of them must print (one, or one per check)
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -65,7 +72,9 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 CHART = "helm/inkeep-conversation-consumer"
-VALUES_FILES = ("hpa", "keda-servicemonitor", "minimal", "sasl-tls")
+VALUES_FILES = ("hpa", "keda-servicemonitor", "minimal", "monitoring", "sasl-tls")
+ALERTS_TEST = "alerts: promtool test rules helm/ci/promtool/alerts.test.yaml"
+DASHBOARD = "dashboard: strict Grafana decoding, every panel query parses"
 
 BREAKS = {
     "dockerfile-lint": Break(
@@ -124,6 +133,63 @@ BREAKS = {
         tuple(f"helm template helm/ci/{name}.yaml" for name in VALUES_FILES),
         "must exceed SHUTDOWN_GRACE_SECONDS",
     ),
+    "alert-fires-on-a-healthy-worker": Break(
+        f"{CHART}/templates/prometheusrule.yaml",
+        "(inkeep_consumer_auth_failing{ {{- $sel -}} }) == 1",
+        "(inkeep_consumer_auth_failing{ {{- $sel -}} }) >= 0",
+        (ALERTS_TEST,),
+        "alertname: InkeepConsumerApiKeyRefused",
+    ),
+    "lag-alert-counts-a-moved-partition-twice": Break(
+        f"{CHART}/templates/prometheusrule.yaml",
+        "(max by (namespace, topic, partition) (inkeep_consumer_consumer_lag{ {{- $sel -}} }))",
+        "(inkeep_consumer_consumer_lag{ {{- $sel -}} })",
+        (ALERTS_TEST,),
+        "alertname: InkeepConsumerLagGrowing",
+    ),
+    "alert-expression-does-not-parse": Break(
+        f"{CHART}/templates/prometheusrule.yaml",
+        "(increase(inkeep_consumer_offset_commits_failed_total{ {{- $sel -}} }[15m]))",
+        "(increase(inkeep_consumer_offset_commits_failed_total{ {{- $sel -}} }[15 minutes]))",
+        ("alerts: promtool check rules (helm/ci/monitoring.yaml)", ALERTS_TEST),
+        "InkeepConsumerCommitsFailing",
+    ),
+    "prometheusrule-crd-schema": Break(
+        f"{CHART}/templates/prometheusrule.yaml",
+        "summary: The consumer group refuses offset commits.",
+        "summary: The consumer group refuses offset commits.\n            priority: [1]",
+        (
+            "helm template helm/ci/monitoring.yaml",
+            "alerts: promtool check rules (helm/ci/monitoring.yaml)",
+            ALERTS_TEST,
+        ),
+        (
+            "annotations/priority must be string",
+            "cannot unmarshal !!seq into string",
+            "cannot unmarshal !!seq into string",
+        ),
+    ),
+    "runbook-section-missing": Break(
+        "docs/operations.md",
+        "### InkeepConsumerDeadLetters\n",
+        "### Dead letters\n",
+        ("alerts: every runbook_url names a heading of docs/operations.md",),
+        "InkeepConsumerDeadLetters: runbook_url",
+    ),
+    "dashboard-unknown-field": Break(
+        f"{CHART}/files/dashboard.json",
+        '"graphTooltip": 1,',
+        '"graphTooltip": 1,\n  "graphTooltp": 1,',
+        (DASHBOARD,),
+        "unexpected field 'graphTooltp'",
+    ),
+    "dashboard-query-does-not-parse": Break(
+        f"{CHART}/files/dashboard.json",
+        '"expr": "sum by (topic) (rate(',
+        '"expr": "sum by (topic) (rat(',
+        (DASHBOARD,),
+        'unknown function with name "rat"',
+    ),
 }
 
 
@@ -152,5 +218,6 @@ def test_break_is_caught_by_its_check(tmp_path, name):
     assert code == 1, out
     failing = {check for check, verdict in verdicts.items() if verdict == "FAIL"}
     assert failing == set(broken.checks), out
-    for check in broken.checks:
-        assert broken.says in section(out, check), out
+    says = broken.says if isinstance(broken.says, tuple) else (broken.says,) * len(broken.checks)
+    for check, said in zip(broken.checks, says, strict=True):
+        assert said in section(out, check), out

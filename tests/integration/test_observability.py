@@ -8,6 +8,7 @@ log lines are checked against what the test knows it produced.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -346,3 +347,76 @@ async def test_a_missing_input_topic_stops_the_start_naming_it(kafka):
     assert not {topic, f"{topic}.state", f"{topic}.dlq"} & await topic_names(
         kafka.bootstrap_servers
     )
+
+
+async def test_readiness_holds_through_scattered_5xx_and_turns_once_in_an_outage(
+    kafka, emulator, workers
+):
+    """A 10 % 5xx rate never turns the worker not-ready; an outage does, once, after 30 s."""
+    bootstrap = kafka.bootstrap_servers
+    topic = fresh("ready")
+    await make_topic(bootstrap, 2, name=topic)
+    worker = workers(bootstrap, topic, emulator, group=fresh("g")).start()
+    base = f"http://127.0.0.1:{worker.http_port}"
+
+    async def readyz() -> tuple[int, list[str]]:
+        try:
+            status, _, text = await get(f"{base}/readyz")
+        except aiohttp.ClientError:
+            return 0, ["no answer"]
+        return status, json.loads(text)["failing"]
+
+    async def ready() -> bool:
+        return (await readyz())[0] == 200
+
+    def owns_both_partitions() -> bool:
+        return any(
+            line["event"] == "partitions_assigned" and line["partitions"] == [0, 1]
+            for line in worker.logs()
+        )
+
+    await wait_for(owns_both_partitions, 30, "the worker to own both partitions")
+    await wait_for(ready, 30, "/readyz to answer 200")
+
+    emulator.faults.status_sequence = [503]
+    emulator.faults.fail_rate = 0.1
+    scattered = [conversation(f"s{i}", 2, ended=True) for i in range(60)]
+    events = interleave(scattered)
+    expected = {f"s{i}" for i in range(60)}
+    await produce(bootstrap, topic, events)
+    answers: list[tuple[int, list[str]]] = []
+
+    async def all_logged_while_ready() -> bool:
+        answers.append(await readyz())
+        return expected <= set(emulator.conversations)
+
+    await wait_for(all_logged_while_ready, 60, "every conversation logged", interval=0.02)
+    _, samples = await scrape(worker)
+    server_errors = sum(
+        v
+        for s, v in series(samples, "inkeep_consumer_api_requests_total", "status").items()
+        if s.startswith("5")
+    )
+    assert server_errors >= 1
+    assert all(answer == (200, []) for answer in answers), answers
+    assert not [line for line in worker.logs() if line["event"] == "api_unreachable"]
+
+    emulator.faults.fail_rate = 1.0
+    outage_started = asyncio.get_running_loop().time()
+    await produce(bootstrap, topic, conversation("outage", 2, ended=True))
+
+    async def unreachable() -> bool:
+        return await readyz() == (503, ["api_reachable"])
+
+    await wait_for(unreachable, 90, "/readyz to fail api_reachable")
+    assert asyncio.get_running_loop().time() - outage_started >= 30
+    emulator.faults.fail_rate = 0.0
+    await wait_for(ready, 30, "/readyz to answer 200 again")
+    await wait_for(lambda: "outage" in emulator.conversations, 30, "the outage's conversation")
+
+    changes = [
+        line for line in worker.logs() if line["event"] in {"api_unreachable", "api_reachable"}
+    ]
+    assert [line["event"] for line in changes] == ["api_unreachable", "api_reachable"]
+    assert changes[0]["level"] == "warning"
+    assert changes[0]["failing_seconds"] >= 30

@@ -1,12 +1,19 @@
 """The metrics registry and the health server, probed over a real socket."""
 
+import random
+
 import aiohttp
 import pytest
+from aiokafka import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
-from consumer import metrics
-from consumer.health import Health, HealthServer
+from consumer import metrics, runtime
+from consumer.health import Health, HealthServer, Reachability
+from consumer.settings import Settings
 
 EXPECTED = {
     "records_consumed": (Counter, ("topic", "partition")),
@@ -27,6 +34,10 @@ EXPECTED = {
     "state_records_written": (Counter, ()),
     "offsets_committed": (Counter, ()),
     "auth_failing": (Gauge, ()),
+    "ready": (Gauge, ()),
+    "ready_check": (Gauge, ("check",)),
+    "durable_writes_failed": (Counter, ()),
+    "offset_commits_failed": (Counter, ()),
 }
 
 
@@ -96,7 +107,7 @@ async def readyz(server):
     return answer.status, await answer.json()
 
 
-async def test_readyz_names_each_failing_check(server, health):
+async def test_readyz_names_each_failing_check(server, health, clock):
     status, body = await readyz(server)
     assert (status, body["ready"], body["failing"]) == (503, False, ["assigned"])
 
@@ -127,12 +138,14 @@ async def test_readyz_names_each_failing_check(server, health):
     health.set_restoring(False)
 
     health.set_auth_failed(True)
-    health.set_api_reachable(False)
+    health.observe_api(ok=False)
+    clock.now += health.reachability.window
+    health.observe_api(ok=False)
     status, body = await readyz(server)
     assert (status, body["failing"]) == (503, ["api_auth", "api_reachable"])
 
     health.set_auth_failed(False)
-    health.set_api_reachable(True)
+    health.observe_api(ok=True)
     assert (await readyz(server))[0] == 200
 
     health.set_assigned(False)
@@ -200,3 +213,164 @@ async def test_a_taken_port_fails_to_start(health):
             await HealthServer(health).start(host="127.0.0.1", port=port)
     finally:
         await first.stop()
+
+
+async def test_metrics_mirror_readiness_on_every_scrape(server, health):
+    def sample(text, name, **labels):
+        return next(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and s.labels == labels
+        )
+
+    text = await (await server.get("/metrics")).text()
+    assert sample(text, "inkeep_consumer_ready") == 0
+    assert sample(text, "inkeep_consumer_ready_check", check="assigned") == 0
+    assert sample(text, "inkeep_consumer_ready_check", check="api_reachable") == 1
+
+    health.set_assigned(True)
+    text = await (await server.get("/metrics")).text()
+    assert sample(text, "inkeep_consumer_ready") == 1
+    assert sample(text, "inkeep_consumer_ready_check", check="assigned") == 1
+
+
+# Reachability over a window, on a fake clock.
+
+
+def api_events(logs):
+    return [e["event"] for e in logs if e["event"] in {"api_reachable", "api_unreachable"}]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    gap=st.floats(0.001, 2.0),
+)
+def test_a_ten_percent_5xx_rate_never_flips_readiness(seed, gap):
+    rng = random.Random(seed)
+    clock = Clock()
+    health = Health(unreachable_after=30.0, clock=clock)
+    with capture_logs() as logs:
+        for _ in range(2000):
+            clock.now += gap
+            health.observe_api(ok=rng.random() >= 0.1, reason="503")
+            assert health.api_reachable
+    assert api_events(logs) == []
+
+
+def test_an_outage_flips_once_after_the_window_and_recovery_flips_back_once():
+    clock = Clock()
+    health = Health(unreachable_after=30.0, clock=clock)
+    health.set_assigned(True)
+    with capture_logs() as logs:
+        health.observe_api(ok=True)
+        started = clock.now
+        flipped_at = None
+        for _ in range(120):  # a two-minute outage, one failed attempt a second
+            clock.now += 1.0
+            health.observe_api(ok=False, reason="timeout")
+            if flipped_at is None and not health.api_reachable:
+                flipped_at = clock.now
+        assert flipped_at == started + 1.0 + 30.0
+        assert not health.ready
+        assert health.checks()["api_reachable"] is False
+        clock.now += 1.0
+        health.observe_api(ok=True)
+        assert health.ready
+        for _ in range(50):  # healthy again, with the odd failure
+            clock.now += 0.5
+            health.observe_api(ok=_ % 10 != 3, reason="502")
+            assert health.api_reachable
+    assert api_events(logs) == ["api_unreachable", "api_reachable"]
+    assert logs[0]["reason"] == "timeout"
+    assert logs[0]["log_level"] == "warning"
+
+
+def test_failures_shorter_than_the_window_or_spread_across_successes_do_not_flip():
+    clock = Clock()
+    reach = Reachability(window=30.0, clock=clock)
+    for _ in range(29):
+        clock.now += 1.0
+        reach.observe(ok=False)
+    assert reach.reachable
+    reach.observe(ok=True)
+    clock.now += 100.0  # nothing tried for a long time: nothing is known
+    reach.observe(ok=False)
+    assert reach.reachable
+    clock.now += 29.9
+    reach.observe(ok=False)
+    assert reach.reachable
+    clock.now += 0.1
+    reach.observe(ok=False)
+    assert not reach.reachable
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0.0, 20.0)), max_size=200))
+def test_reachability_changes_at_most_as_often_as_the_rule_allows(answers):
+    clock = Clock()
+    reach = Reachability(window=30.0, clock=clock)
+    changes = 0
+    failing_since = None
+    for ok, gap in answers:
+        clock.now += gap
+        before = reach.reachable
+        reach.observe(ok)
+        if ok:
+            failing_since = None
+            assert reach.reachable
+        else:
+            failing_since = clock.now if failing_since is None else failing_since
+            assert reach.reachable == (clock.now - failing_since < 30.0)
+        changes += before != reach.reachable
+    assert changes <= 2 * (1 + sum(1 for ok, _ in answers if ok))
+
+
+# Liveness during a long restore or revoke.
+
+
+def test_liveness_holds_while_a_restore_makes_progress_and_fails_when_it_stalls():
+    clock = Clock()
+    health = Health(heartbeat_timeout=60.0, clock=clock)
+    health.set_restoring(True)
+    for _ in range(30):  # a 10-minute restore, the loop not beating, records read back
+        clock.now += 20.0
+        health.beat()
+        assert health.alive
+    clock.now += 60.1  # stalled: no record for longer than the timeout
+    assert not health.alive
+
+
+async def test_an_assignment_keeps_liveness_while_its_restore_reads_records(monkeypatch):
+    """The runtime's restore beats per state record; a stalled restore still fails liveness."""
+    clock = Clock()
+    health = Health(heartbeat_timeout=60.0, clock=clock)
+    settings = Settings.from_env(
+        {"INKEEP_API_KEY": "k", "KAFKA_BOOTSTRAP_SERVERS": "b:9092", "KAFKA_TOPIC": "t"}
+    )
+    worker = runtime.Worker(settings, health=health)
+    seen: list[tuple[bool, bool]] = []
+
+    async def slow_read_state(_options, _topic, partitions, on_record):
+        for i in range(30):  # 30 records, 10 s apart: 5 minutes, the loop not beating
+            clock.now += 10.0
+            on_record(partitions[0], f"c{i}".encode(), None)
+            seen.append((health.alive, health.restoring))
+        return 30
+
+    class Consumer:
+        async def end_offsets(self, tps):
+            return dict.fromkeys(tps, 0)
+
+        async def committed(self, _tp):
+            return None
+
+    monkeypatch.setattr(runtime, "read_state", slow_read_state)
+    worker._consumer = Consumer()
+    await worker.assign([TopicPartition("t", 0)])
+    assert seen == [(True, True)] * 30
+    assert health.ready
+
+    clock.now += 60.1
+    assert not health.alive
