@@ -27,6 +27,7 @@ from harness import (
     expected_bodies,
     fresh,
     interleave,
+    metrics_text,
     produce,
     read_all,
     wait_for,
@@ -322,3 +323,41 @@ async def test_an_unexpected_error_stops_the_worker_without_committing_past_it(
     assert (offsets[0] or 0) == 0
     assert not [e for e in worker.logs() if e.get("event") == "conversation_flushed"]
     assert emulator.conversations == {}
+
+
+def _gauge(text: str | None, name: str) -> float | None:
+    for line in (text or "").splitlines():
+        if line.startswith(f"inkeep_consumer_{name} "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_memory_shedding_completes_only_the_excess_while_the_api_is_slow(
+    kafka, emulator, workers
+):
+    """Conversations already shed (flush in flight) are not counted as excess again."""
+    topic, group = fresh("shed"), fresh("g")
+    await create_topic(kafka.bootstrap_servers, topic, 1)
+    emulator.faults.latency = 4.0  # Several ticks pass while the shed flushes are answered.
+    open_ones = [conversation(f"conv-s{i:02}", 1, ended=False) for i in range(15)]
+    await produce(kafka.bootstrap_servers, topic, interleave(open_ones))
+    extra = {"MAX_OPEN_CONVERSATIONS": "10", "CONVERSATION_IDLE_TIMEOUT_SECONDS": "600"}
+    worker = workers(kafka.bootstrap_servers, topic, emulator, group=group, extra=extra).start()
+
+    def shed() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in worker.logs()
+            if e.get("event") == "conversation_flushed" and e.get("trigger") == "memory"
+        ]
+
+    await wait_for(lambda: len(shed()) >= 5, 60, "the excess to be shed")
+
+    async def settled() -> bool:
+        text = await metrics_text(worker)
+        return _gauge(text, "pending_flushes") == 0 and _gauge(text, "open_conversations") == 10
+
+    await wait_for(settled, 30, "ten conversations open and no flush in flight")
+    assert len(shed()) == 5
+    assert len(emulator.conversations) == 5
+    assert worker.alive()
