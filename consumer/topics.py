@@ -79,8 +79,9 @@ async def ensure_topics(
                 f"{input_topic!r} has {partitions}; the two must be co-partitioned: delete it "
                 f"or set KAFKA_STATE_TOPIC to a new topic with {partitions} partitions",
             )
+        auxiliary = {state_topic: "KAFKA_STATE_TOPIC", dlq_topic: "KAFKA_DLQ_TOPIC"}
         policies = await _cleanup_policies(
-            admin, [n for n in (state_topic, dlq_topic) if n in existing]
+            admin, {n: setting for n, setting in auxiliary.items() if n in existing}
         )
         if state_topic in policies and policies[state_topic] != {"compact"}:
             raise ConfigError(
@@ -118,8 +119,10 @@ async def ensure_topics(
         await admin.close()
 
 
-async def _cleanup_policies(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, set[str]]:
-    """Each topic's effective `cleanup.policy`, as a set of words."""
+async def _cleanup_policies(
+    admin: AIOKafkaAdminClient, topics: dict[str, str]
+) -> dict[str, set[str]]:
+    """Each topic's effective `cleanup.policy`, as a set of words; `topics` maps name to setting."""
     if not topics:
         return {}
     resources = [
@@ -131,7 +134,7 @@ async def _cleanup_policies(admin: AIOKafkaAdminClient, topics: list[str]) -> di
         for error_code, error_message, _type, name, entries, *_ in response.resources:
             if error_code:
                 raise ConfigError(
-                    "KAFKA_STATE_TOPIC",
+                    topics.get(name, "KAFKA_STATE_TOPIC"),
                     f"cannot read the configuration of {name!r}: error {error_code} "
                     f"{error_message or ''}".rstrip(),
                 )
