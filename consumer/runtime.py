@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from consumer import deadletter, metrics
 from consumer.deadletter import DeadLetter
@@ -51,6 +51,18 @@ REFUSALS = {
     ),
     "too_large": "not sent: cannot be cut to fit the API's body limit",
 }
+
+
+def _kafka_hint(exc: KafkaError) -> str:
+    if isinstance(exc, UnsupportedCodecError | CorruptRecordException):
+        return (
+            "a batch of the input could not be decompressed or read (not a connection "
+            "problem); the worker resumes from its last commit when restarted"
+        )
+    return (
+        "check KAFKA_BOOTSTRAP_SERVERS, the security settings, the credentials and the CA "
+        "file; the worker resumes from its last commit when restarted"
+    )
 
 
 class _PendingCheckpoint(NamedTuple):
@@ -164,8 +176,7 @@ class Worker:
                 bootstrap_servers=s.kafka_bootstrap_servers,
                 security_protocol=s.kafka_security_protocol,
                 sasl_mechanism=s.kafka_sasl_mechanism,
-                hint="check KAFKA_BOOTSTRAP_SERVERS, the security settings, the credentials "
-                "and the CA file; the worker resumes from its last commit when restarted",
+                hint=_kafka_hint(exc),
             )
             return 1
         except Exception as exc:
