@@ -147,6 +147,11 @@ class PartitionEngine:
         return len(self._open)
 
     @property
+    def active_count(self) -> int:
+        """Open and not closing: what memory shedding may still complete early."""
+        return len(self._active)
+
+    @property
     def in_flight_count(self) -> int:
         return sum(1 for cid in self._held if self._open[cid].in_flight)
 

@@ -18,12 +18,12 @@ from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from consumer import deadletter, metrics
 from consumer.deadletter import DeadLetter
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Refusal, Trigger
-from consumer.errors import InvalidEvent
+from consumer.errors import ConfigError, InvalidEvent
 from consumer.events import Event, decode_event
 from consumer.health import Health, HealthServer
 from consumer.logs import configure as configure_logs
@@ -51,6 +51,18 @@ REFUSALS = {
     ),
     "too_large": "not sent: cannot be cut to fit the API's body limit",
 }
+
+
+def _kafka_hint(exc: KafkaError) -> str:
+    if isinstance(exc, UnsupportedCodecError | CorruptRecordException):
+        return (
+            "a batch of the input could not be decompressed or read (not a connection "
+            "problem); the worker resumes from its last commit when restarted"
+        )
+    return (
+        "check KAFKA_BOOTSTRAP_SERVERS, the security settings, the credentials and the CA "
+        "file; the worker resumes from its last commit when restarted"
+    )
 
 
 class _PendingCheckpoint(NamedTuple):
@@ -121,10 +133,12 @@ class Worker:
         self._parts: dict[TopicPartition, _Partition] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self._outbox: list[tuple[int, DeadLetter]] = []
+        self._outbox: list[DeadLetter] = []
         self._unacked: list[asyncio.Future[Any]] = []
         self._paused: str | None = None
         self._failed = False
+        self._broken = False
+        """Something unexpected failed: the shutdown neither flushes nor commits."""
         self._activity = False
         self._checkpoints: deque[_PendingCheckpoint] = deque()
         self._next_tick = 0.0
@@ -132,23 +146,28 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._sink: Sink | None = None
+        self._current: tuple[TopicPartition, int] | None = None
+        """The input record being handled, named when something unexpected stops the worker."""
 
     def stop(self) -> None:
         """Asks the loop to stop; the shutdown sequence runs in `run()`."""
         self._stopping.set()
 
     async def run(self) -> int:
-        """Runs until `stop()`; 0 after a clean stop, 1 when Kafka failed the worker.
+        """Runs until `stop()`; 0 after a clean stop, 1 when the worker failed.
 
         A Kafka failure (unreachable, refused credentials, a state write that
         could not be made durable) ends the process rather than limping on:
         nothing past the last durable checkpoint was committed, so the next
-        start, here or on another member, replays from there.
+        start, here or on another member, replays from there. Any other
+        unexpected error ends it the same way, with nothing more committed.
         """
         try:
             await self._start()
             while not self._stopping.is_set():
                 await self._step()
+        except ConfigError:
+            raise
         except KafkaError as exc:
             s = self.settings
             log.exception(
@@ -157,8 +176,20 @@ class Worker:
                 bootstrap_servers=s.kafka_bootstrap_servers,
                 security_protocol=s.kafka_security_protocol,
                 sasl_mechanism=s.kafka_sasl_mechanism,
-                hint="check KAFKA_BOOTSTRAP_SERVERS, the security settings, the credentials "
-                "and the CA file; the worker resumes from its last commit when restarted",
+                hint=_kafka_hint(exc),
+            )
+            return 1
+        except Exception as exc:
+            self._failed = self._broken = True
+            self._stopping.set()
+            tp, offset = self._current or (None, None)
+            log.exception(
+                "worker_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                topic=tp.topic if tp else None,
+                partition=tp.partition if tp else None,
+                offset=offset,
+                hint=STOPPING,
             )
             return 1
         finally:
@@ -192,6 +223,10 @@ class Worker:
             # State records of many conversations go out together at each checkpoint.
             max_batch_size=1024 * 1024,
             linger_ms=5,
+            # Measured on a checkpoint of 300 open conversations: lz4 cuts the batch to 16%
+            # at ~1 GB/s; zstd to 10% at ~220 MB/s. Batches are compressed on the event loop,
+            # so the cheap codec wins; the state topic is read back whole on every restore.
+            compression_type="lz4",
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -218,7 +253,9 @@ class Worker:
                 if part is None:
                     continue  # Revoked since the fetch; the new owner reads these again.
                 for record in records:
+                    self._current = (tp, record.offset)
                     self._handle(part, record, now)
+                self._current = None
                 metrics.records_consumed.labels(tp.topic, str(tp.partition)).inc(len(records))
             await self._finish_catch_up(now)
             self._collect(now)
@@ -258,37 +295,38 @@ class Worker:
         return decode_event(value)
 
     def _handle(self, part: _Partition, record: Any, now: float) -> None:
-        """One input record: into the engine, or to the dead-letter topic. Never raises."""
-        part.position = record.offset + 1
-        self._activity = True
+        """One input record: into the engine, or to the dead-letter topic.
+
+        A record is data, never a reason to stop: whatever decoding or applying
+        it raises, the record is dead-lettered. Its position moves only once its
+        effect is in the engine or its dead-letter record is in the outbox.
+        """
         value: bytes | None = record.value
         try:
             event = self._decode(value)
+            self._check_key(part, record, event)
+            decisions = part.engine.apply(event, record.offset, now)
         except InvalidEvent as exc:
-            metrics.records_invalid.labels(exc.kind).inc()
-            log.warning(
-                "record_invalid",
-                error=exc.kind,
-                reason=exc.reason[:300],
+            self._invalid(part, record, exc.kind, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - see the docstring.
+            reason = f"{type(exc).__name__}: {exc}"
+            # No traceback: the error's text may quote the record, which is user content.
+            log.error(  # noqa: TRY400
+                "record_unprocessable",
+                error=type(exc).__name__,
                 topic=part.tp.topic,
                 partition=part.tp.partition,
                 offset=record.offset,
             )
-            self._dead_letter(
-                part,
-                deadletter.invalid_record(
-                    key=record.key,
-                    value=value,
-                    kind=exc.kind,
-                    reason=exc.reason,
-                    topic=part.tp.topic,
-                    partition=part.tp.partition,
-                    offset=record.offset,
-                ),
-                what="record",
-                reason=exc.kind,
-            )
-            return
+            self._invalid(part, record, "unprocessable", reason)
+        else:
+            self._dispatch(part, decisions)
+        part.position = record.offset + 1
+        self._activity = True
+
+    def _check_key(
+        self, part: _Partition, record: Any, event: Event
+    ) -> None:
         if record.key is None or record.key != event.conversation_id.encode():
             metrics.records_mis_keyed.inc()
             log.warning(
@@ -298,7 +336,30 @@ class Worker:
                 partition=part.tp.partition,
                 offset=record.offset,
             )
-        self._dispatch(part, part.engine.apply(event, record.offset, now))
+
+    def _invalid(self, part: _Partition, record: Any, kind: str, reason: str) -> None:
+        metrics.records_invalid.labels(kind).inc()
+        log.warning(
+            "record_invalid",
+            error=kind,
+            reason=reason[:300],
+            topic=part.tp.topic,
+            partition=part.tp.partition,
+            offset=record.offset,
+        )
+        self._dead_letter(
+            deadletter.invalid_record(
+                key=record.key,
+                value=record.value,
+                kind=kind,
+                reason=reason,
+                topic=part.tp.topic,
+                partition=part.tp.partition,
+                offset=record.offset,
+            ),
+            what="record",
+            reason=kind,
+        )
 
     def _dispatch(self, part: _Partition, decisions: Iterable[Flush | Refusal]) -> None:
         for decision in decisions:
@@ -313,7 +374,6 @@ class Worker:
                     partition=part.tp.partition,
                 )
                 self._dead_letter(
-                    part,
                     deadletter.conversation(
                         conversation_id=decision.conversation_id,
                         body=decision.body,
@@ -361,7 +421,6 @@ class Worker:
                 # The API holds a cut copy; the whole conversation is kept here.
                 metrics.conversations_truncated.inc()
                 self._dead_letter(
-                    part,
                     deadletter.conversation(
                         conversation_id=flush.conversation_id,
                         body=flush.original or flush.body,
@@ -381,7 +440,6 @@ class Worker:
             **context,
         )
         self._dead_letter(
-            part,
             deadletter.conversation(
                 conversation_id=flush.conversation_id,
                 body=delivery.body,
@@ -397,15 +455,16 @@ class Worker:
         )
         self._dispatch(part, part.engine.dead_lettered(flush.conversation_id, flush.seq, now))
 
-    def _dead_letter(self, part: _Partition, record: DeadLetter, *, what: str, reason: str) -> None:
+    def _dead_letter(self, record: DeadLetter, *, what: str, reason: str) -> None:
         metrics.dead_lettered.labels(what, reason).inc()
-        self._outbox.append((part.tp.partition, record))
+        self._outbox.append(record)
 
     async def _send_dead_letters(self) -> None:
         outbox, self._outbox = self._outbox, []
-        for partition, record in outbox:
+        # Keyed, on any partition: the dead-letter topic's partition count is its owner's choice.
+        for record in outbox:
             await self._produce(
-                self.settings.kafka_dlq_topic, record.key, record.value, partition, record.headers
+                self.settings.kafka_dlq_topic, record.key, record.value, None, record.headers
             )
 
     async def _produce(
@@ -413,7 +472,7 @@ class Worker:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        partition: int,
+        partition: int | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queues a state or dead-letter record; `_checkpoint` waits for the broker's ack."""
@@ -447,14 +506,16 @@ class Worker:
         self._next_tick = now + TICK_SECONDS
         for part in self._parts.values():
             self._dispatch(part, part.engine.due(now))
-        excess = sum(p.engine.open_count for p in self._parts.values()) - (
+        # Conversations already closing leave memory when their flush is answered; counting
+        # them again would shed a healthy one for each, every tick, while the API is slow.
+        excess = sum(p.engine.active_count for p in self._parts.values()) - (
             self.settings.max_open_conversations
         )
         if excess > 0:
-            for part in sorted(self._parts.values(), key=lambda p: -p.engine.open_count):
+            for part in sorted(self._parts.values(), key=lambda p: -p.engine.active_count):
                 if excess <= 0:
                     break
-                count = min(excess, part.engine.open_count)
+                count = min(excess, part.engine.active_count)
                 self._dispatch(part, part.engine.shed(count, now))
                 excess -= count
         metrics.open_conversations.set(sum(p.engine.open_count for p in self._parts.values()))
@@ -670,7 +731,7 @@ class Worker:
         started = asyncio.get_running_loop().time()
         log.info("worker_stopping")
         try:
-            if self._consumer is not None and self._parts:
+            if self._consumer is not None and self._parts and not self._broken:
                 self._consumer.pause(*self._parts)
                 async with self._lock:
                     await self._close_partitions(

@@ -10,6 +10,7 @@ instead of a traceback later. Secrets never appear in `repr()`, `str()` or
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class Settings:
     kafka_auto_offset_reset: str = "earliest"
     kafka_topic_replication_factor: int = -1
     inkeep_api_base_url: str = "https://api.analytics.inkeep.com"
+    inkeep_api_allow_http: bool = False
+    """Allows a plain `http://` base URL to a host that is not loopback (the key then
+    crosses the network in clear text): for an emulator in a private network only."""
     conversation_idle_timeout_seconds: float = 300.0
     conversation_max_open_seconds: float = 3600.0
     conversation_state_retention_seconds: float = 86400.0
@@ -112,6 +116,10 @@ class Settings:
                 text = ""
             elif f.name in SECRETS:
                 text = MASK
+            elif f.name == "inkeep_api_base_url":
+                text = mask_userinfo(value)
+            elif isinstance(value, bool):
+                text = str(value).lower()
             elif isinstance(value, float) and value.is_integer():
                 text = str(int(value))
             else:
@@ -161,7 +169,38 @@ def _parse(raw: dict[str, str]) -> Settings:
     settings = Settings(**values)
     _check_topics(settings)
     _check_security(settings)
+    _check_api(settings)
     return settings
+
+
+def _check_api(settings: Settings) -> None:
+    parts = urlsplit(settings.inkeep_api_base_url)
+    plain = parts.scheme == "http" and not settings.inkeep_api_allow_http
+    if plain and not _is_loopback(parts.hostname or ""):
+        raise ConfigError(
+            "INKEEP_API_BASE_URL",
+            f"is plain http to a host that is not loopback, got {mask_userinfo(parts.geturl())!r}: "
+            "the API key would cross the network in clear text; use https, or set "
+            "INKEEP_API_ALLOW_HTTP=true for a test API in a private network",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def mask_userinfo(url: str) -> str:
+    """The URL with any `user:password@` replaced by `***@`."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{MASK}@{host}").geturl()
 
 
 def _check_topics(settings: Settings) -> None:
@@ -307,15 +346,31 @@ def _split_host_port(entry: str) -> tuple[str, str | None]:
 
 def _url(name: str, value: str) -> str:
     parts = urlsplit(value)
+    shown = mask_userinfo(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(env_name(name), f"must be an http(s) URL, got {value!r}")
+        raise ConfigError(env_name(name), f"must be an http(s) URL, got {shown!r}")
+    if "@" in parts.netloc:
+        raise ConfigError(
+            env_name(name),
+            f"must not carry credentials (user:password@), got {shown!r}; "
+            "the API key goes in INKEEP_API_KEY",
+        )
     try:
         _ = parts.port
     except ValueError:
-        raise ConfigError(env_name(name), f"has a bad port, got {value!r}") from None
+        raise ConfigError(env_name(name), f"has a bad port, got {shown!r}") from None
     if parts.query or parts.fragment:
-        raise ConfigError(env_name(name), f"must have no query or fragment, got {value!r}")
+        raise ConfigError(env_name(name), f"must have no query or fragment, got {shown!r}")
     return value.rstrip("/")
+
+
+def _flag(name: str, value: str) -> bool:
+    normal = value.lower()
+    if normal in ("true", "1", "yes"):
+        return True
+    if normal in ("false", "0", "no"):
+        return False
+    raise ConfigError(env_name(name), f"must be true or false, got {value!r}")
 
 
 def _cafile(name: str, value: str) -> str:
@@ -341,6 +396,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "kafka_auto_offset_reset": _choice(OFFSET_RESETS, upper=False),
     "kafka_topic_replication_factor": _replication_factor,
     "inkeep_api_base_url": _url,
+    "inkeep_api_allow_http": _flag,
     "conversation_idle_timeout_seconds": _positive,
     "conversation_max_open_seconds": _positive,
     "conversation_state_retention_seconds": _positive,

@@ -41,10 +41,15 @@ AUTH_PROBE_CAP = 30.0
 ANSWER_KEEP_BYTES = 65_536
 """How much of an answer body is kept for the dead-letter record and logs."""
 
+MAX_CONFLICTS = 5
+"""409 answers one delivery takes before the body is rejected: a conflict that outlasts
+this many backed-off retries is about the body, not the moment."""
+
 _BACKOFF_EXPONENT_CAP = 32
 
 _TRANSIENT_4XX = frozenset({404, 405, 408, 409, 425})
-"""4xx answers about the endpoint or the moment, not the body: retried, never rejected."""
+"""4xx answers about the endpoint or the moment, not the body: retried (409 only
+`MAX_CONFLICTS` times)."""
 
 
 class Outcome(enum.StrEnum):
@@ -127,6 +132,19 @@ def _retry_reason(error: errors.SinkError, label: str) -> str:
     if error.status >= 500:
         return "server_error"
     return f"http_{error.status}"
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The first `limit` bytes of a body; an answer of any size costs at most that much."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class _Pacer:
@@ -241,6 +259,7 @@ class Sink:
             shrunk = True
         attempts = 0
         failures = 0
+        conflicts = 0
         while True:
             attempts += 1
             answer = await self._send(body)
@@ -249,7 +268,9 @@ class Sink:
                 bound.debug("delivered", attempts=attempts, bytes=len(body))
                 status = answer.status or 0
                 return Delivery(Outcome.ACKED, status, answer.answer, attempts, body, shrunk)
-            if not error.retriable:
+            if error.status == 409:
+                conflicts += 1
+            if not error.retriable or conflicts >= MAX_CONFLICTS:
                 bound.debug("api_refused_body", status=error.status, attempts=attempts)
                 bound.debug("api_refusal_answer", answer=answer.answer[:2000])
                 status = error.status or 0
@@ -309,14 +330,18 @@ class Sink:
                 async with session.post(
                     self._url, data=body, timeout=self._timeout, allow_redirects=False
                 ) as response:
-                    answer = await response.read()
+                    answer = await _read_at_most(response.content, ANSWER_KEEP_BYTES)
+                    if 200 <= response.status < 300:
+                        # Read to the end, unkept, so the connection can be reused.
+                        while await response.content.readany():
+                            pass
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                     status = response.status
             except TimeoutError:
                 return _Answer(None, b"", None, "timeout", sent)
             except aiohttp.ClientError:
                 return _Answer(None, b"", None, "connection_error", sent)
-        return _Answer(status, answer[:ANSWER_KEEP_BYTES], retry_after, str(status), sent)
+        return _Answer(status, answer, retry_after, str(status), sent)
 
     def _judge(self, answer: _Answer) -> errors.SinkError | None:
         """Classifies an answer, counts it, and tracks reachability and auth (logged on change)."""

@@ -2,7 +2,15 @@
 
 The state topic is co-partitioned with the input: state for input partition N
 lives in state partition N, so whoever owns an input partition can restore its
-conversations by reading one state partition from the beginning.
+conversations by reading one state partition from the beginning. It must be
+compacted and nothing else: with `delete` in its cleanup policy, completed
+conversations vanish after the retention and a later event would upsert a
+partial history over the logged one.
+
+The dead-letter topic is written keyed and without a fixed partition, so any
+partition count works. It must not be compacted: invalid records may have no
+key (a compacted topic refuses them, failing every write) and a conversation
+dead-lettered twice would lose its earlier record.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer.errors import ConfigError
 
@@ -44,8 +53,8 @@ async def ensure_topics(
 ) -> int:
     """Creates the state and dead-letter topics when missing; returns the input's partition count.
 
-    A state topic with a different partition count than the input cannot be
-    co-partitioned, so it stops the worker with the setting to fix.
+    An existing state or dead-letter topic that cannot do its job (see the
+    module docstring) stops the worker with one line naming the topic and the fix.
     """
     admin = AIOKafkaAdminClient(**options)
     await admin.start()
@@ -67,7 +76,28 @@ async def ensure_topics(
             raise ConfigError(
                 "KAFKA_STATE_TOPIC",
                 f"{state_topic!r} has {len(described[state_topic]['partitions'])} partitions but "
-                f"{input_topic!r} has {partitions}; the two must be co-partitioned",
+                f"{input_topic!r} has {partitions}; the two must be co-partitioned: delete it "
+                f"or set KAFKA_STATE_TOPIC to a new topic with {partitions} partitions",
+            )
+        auxiliary = {state_topic: "KAFKA_STATE_TOPIC", dlq_topic: "KAFKA_DLQ_TOPIC"}
+        policies = await _cleanup_policies(
+            admin, {n: setting for n, setting in auxiliary.items() if n in existing}
+        )
+        if state_topic in policies and policies[state_topic] != {"compact"}:
+            raise ConfigError(
+                "KAFKA_STATE_TOPIC",
+                f"{state_topic!r} has cleanup.policy={','.join(sorted(policies[state_topic]))}; "
+                "it must be compact alone, or completed conversations are lost after the "
+                f"retention: run kafka-configs --alter --entity-type topics --entity-name "
+                f"{state_topic} --add-config cleanup.policy=compact",
+            )
+        if "compact" in policies.get(dlq_topic, set()):
+            raise ConfigError(
+                "KAFKA_DLQ_TOPIC",
+                f"{dlq_topic!r} has cleanup.policy={','.join(sorted(policies[dlq_topic]))}; "
+                "dead letters must not be compacted (records without a key are refused, later "
+                f"ones replace earlier): run kafka-configs --alter --entity-type topics "
+                f"--entity-name {dlq_topic} --add-config cleanup.policy=delete",
             )
         wanted = {state_topic: STATE_TOPIC_CONFIG, dlq_topic: DLQ_TOPIC_CONFIG}
         missing = [
@@ -87,6 +117,31 @@ async def ensure_topics(
         return partitions
     finally:
         await admin.close()
+
+
+async def _cleanup_policies(
+    admin: AIOKafkaAdminClient, topics: dict[str, str]
+) -> dict[str, set[str]]:
+    """Each topic's effective `cleanup.policy`, as a set of words; `topics` maps name to setting."""
+    if not topics:
+        return {}
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, configs={"cleanup.policy": ""})
+        for name in topics
+    ]
+    policies: dict[str, set[str]] = {}
+    for response in await admin.describe_configs(resources):
+        for error_code, error_message, _type, name, entries, *_ in response.resources:
+            if error_code:
+                raise ConfigError(
+                    topics.get(name, "KAFKA_STATE_TOPIC"),
+                    f"cannot read the configuration of {name!r}: error {error_code} "
+                    f"{error_message or ''}".rstrip(),
+                )
+            for entry in entries:
+                if entry[0] == "cleanup.policy":
+                    policies[name] = {w.strip() for w in (entry[1] or "").split(",") if w.strip()}
+    return policies
 
 
 async def read_state(

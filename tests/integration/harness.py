@@ -277,6 +277,8 @@ class Worker:
     http_port: int = 0
     log_path: Path | None = None
     starts: int = 0
+    command: list[str] | None = None
+    """The process to start instead of `python -m consumer run` (e.g. with a fault injected)."""
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "INKEEP_"))}
@@ -306,7 +308,7 @@ class Worker:
         self.log_path = self.log_dir / f"{self.name}-{self.starts}.log"
         with self.log_path.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "consumer", "run"],
+                self.command or [sys.executable, "-m", "consumer", "run"],
                 cwd=REPO,
                 env=self.env(),
                 stdout=out,

@@ -166,3 +166,25 @@ def test_python_dash_m_consumer_runs_the_same_command():
     assert failed.returncode == 2
     assert failed.stdout == ""
     assert failed.stderr.splitlines() == [f"inkeep-consumer: configuration error: {MISSING_KEY}"]
+
+
+def test_check_config_never_prints_credentials_of_the_api_url(clean_env, capsys):
+    clean_env.setenv("INKEEP_API_KEY", KEY)
+    clean_env.setenv("INKEEP_API_BASE_URL", "https://svc:url-secret@api.example.com")
+    assert cli.main(["check-config"]) == 2
+    out, err = capsys.readouterr()
+    assert "url-secret" not in out + err
+    assert "configuration error: INKEEP_API_BASE_URL: must not carry credentials" in err
+    assert "https://***@api.example.com" in err
+
+
+def test_check_config_shows_the_plain_http_opt_in(clean_env, capsys):
+    clean_env.setenv("INKEEP_API_KEY", KEY)
+    clean_env.setenv("INKEEP_API_BASE_URL", "http://emulator:8090")
+    assert cli.main(["check-config"]) == 2
+    assert "INKEEP_API_ALLOW_HTTP=true" in capsys.readouterr().err
+    clean_env.setenv("INKEEP_API_ALLOW_HTTP", "true")
+    assert cli.main(["check-config"]) == 0
+    values = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert values["INKEEP_API_BASE_URL"] == "http://emulator:8090"
+    assert values["INKEEP_API_ALLOW_HTTP"] == "true"

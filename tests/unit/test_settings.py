@@ -62,6 +62,7 @@ def test_every_field_is_read_from_its_upper_case_variable():
         "KAFKA_AUTO_OFFSET_RESET": "latest",
         "KAFKA_TOPIC_REPLICATION_FACTOR": "3",
         "INKEEP_API_BASE_URL": "http://127.0.0.1:9000/",
+        "INKEEP_API_ALLOW_HTTP": "yes",
         "CONVERSATION_IDLE_TIMEOUT_SECONDS": "1.5",
         "CONVERSATION_MAX_OPEN_SECONDS": "60",
         "CONVERSATION_STATE_RETENTION_SECONDS": "120",
@@ -95,6 +96,7 @@ def test_every_field_is_read_from_its_upper_case_variable():
         kafka_auto_offset_reset="latest",
         kafka_topic_replication_factor=3,
         inkeep_api_base_url="http://127.0.0.1:9000",
+        inkeep_api_allow_http=True,
         conversation_idle_timeout_seconds=1.5,
         conversation_max_open_seconds=60,
         conversation_state_retention_seconds=120,
@@ -257,6 +259,9 @@ BAD_VALUES = [
     ("INKEEP_API_BASE_URL", "https://"),
     ("INKEEP_API_BASE_URL", "https://host:99999"),
     ("INKEEP_API_BASE_URL", "https://host/?x=1"),
+    ("INKEEP_API_BASE_URL", "http://api.analytics.inkeep.com"),
+    ("INKEEP_API_BASE_URL", "http://10.0.0.7:8090"),
+    ("INKEEP_API_ALLOW_HTTP", "maybe"),
     ("KAFKA_BOOTSTRAP_SERVERS", "broker:port"),
     ("KAFKA_BOOTSTRAP_SERVERS", "a:9092,,b:9092"),
     ("KAFKA_BOOTSTRAP_SERVERS", ":9092"),
@@ -331,3 +336,41 @@ def test_valid_bootstrap_server_lists(servers):
 
 def test_warn_is_read_as_warning():
     assert settings(LOG_LEVEL="WARN").log_level == "warning"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8090", "http://localhost:8090", "http://[::1]:8090", "http://127.9.9.9"],
+)
+def test_plain_http_is_accepted_to_a_loopback_host(url):
+    assert (
+        Settings.from_env({"INKEEP_API_KEY": "k", "INKEEP_API_BASE_URL": url}).inkeep_api_base_url
+        == url
+    )
+
+
+def test_plain_http_elsewhere_needs_the_explicit_opt_in():
+    env = {"INKEEP_API_KEY": "k", "INKEEP_API_BASE_URL": "http://emulator:8090"}
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert refused.value.setting == "INKEEP_API_BASE_URL"
+    assert "INKEEP_API_ALLOW_HTTP" in str(refused.value)
+    allowed = Settings.from_env({**env, "INKEEP_API_ALLOW_HTTP": "true"})
+    assert allowed.inkeep_api_base_url == "http://emulator:8090"
+    assert allowed.masked()["INKEEP_API_ALLOW_HTTP"] == "true"
+
+
+def test_credentials_in_the_url_are_refused_without_echoing_them():
+    env = {"INKEEP_API_KEY": "k", "INKEEP_API_BASE_URL": "https://me:hunter2@api.example.com"}
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert refused.value.setting == "INKEEP_API_BASE_URL"
+    assert "hunter2" not in str(refused.value)
+    assert "me:" not in str(refused.value)
+
+
+def test_masked_hides_userinfo_of_a_url():
+    settings = dataclasses.replace(
+        Settings(inkeep_api_key="k"), inkeep_api_base_url="https://me:hunter2@api.example.com/v1"
+    )
+    assert settings.masked()["INKEEP_API_BASE_URL"] == "https://***@api.example.com/v1"

@@ -18,7 +18,9 @@ from consumer import errors, metrics, payload
 from consumer.emulator import ApiConversation, Emulator, Faults
 from consumer.fit import MARK
 from consumer.sink import (
+    ANSWER_KEEP_BYTES,
     AUTH_PROBE_CAP,
+    MAX_CONFLICTS,
     MAX_RETRY_AFTER,
     Outcome,
     Sink,
@@ -246,6 +248,46 @@ async def test_answers_about_the_endpoint_or_the_moment_are_retried(emulator, st
     async with sink_for(emulator.url) as sink:
         delivery = await sink.deliver(make(), payload.encode(make()))
     assert (delivery.outcome, delivery.attempts) == (Outcome.ACKED, 2)
+
+
+async def test_a_conflict_that_does_not_clear_is_rejected_after_a_few_tries(emulator):
+    emulator.faults.status_sequence = [409] * (MAX_CONFLICTS + 5)
+    async with sink_for(emulator.url) as sink:
+        delivery = await asyncio.wait_for(sink.deliver(make(), payload.encode(make())), 10)
+    assert (delivery.outcome, delivery.status) == (Outcome.REJECTED, 409)
+    assert delivery.attempts == MAX_CONFLICTS
+    assert len(emulator.posts) == MAX_CONFLICTS
+    assert emulator.accepted == []
+
+
+async def test_an_error_answer_is_read_only_as_far_as_it_is_kept():
+    """A huge (here: endless) error body costs the kept prefix, not a timeout or its size."""
+    served = asyncio.Event()
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 1000000000\r\n\r\n" + b"e" * (2 * ANSWER_KEEP_BYTES)
+        )
+        await writer.drain()
+        served.set()
+        await asyncio.sleep(30)  # The rest never comes.
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with sink_for(f"http://127.0.0.1:{port}", timeout=3.0) as sink:
+            started = time.monotonic()
+            delivery = await asyncio.wait_for(sink.deliver(make(), payload.encode(make())), 10)
+            took = time.monotonic() - started
+    finally:
+        server.close()
+    assert served.is_set()
+    assert (delivery.outcome, delivery.status, delivery.attempts) == (Outcome.REJECTED, 400, 1)
+    assert delivery.answer == b"e" * ANSWER_KEEP_BYTES
+    assert took < 3.0
 
 
 async def test_a_413_shrinks_the_body_until_it_is_taken(emulator):
