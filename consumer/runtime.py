@@ -324,9 +324,7 @@ class Worker:
         part.position = record.offset + 1
         self._activity = True
 
-    def _check_key(
-        self, part: _Partition, record: Any, event: Event
-    ) -> None:
+    def _check_key(self, part: _Partition, record: Any, event: Event) -> None:
         if record.key is None or record.key != event.conversation_id.encode():
             metrics.records_mis_keyed.inc()
             log.warning(
