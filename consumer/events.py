@@ -7,16 +7,37 @@ The structs decode straight from a record's bytes. Unknown fields are ignored
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from consumer.errors import InvalidEvent
 
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects a record may have, counted from its top object."""
+
+MAX_MESSAGES = 100_000
+"""Most messages one request may carry."""
+
+MIN_YEAR, MAX_YEAR = 1970, 2999
+"""`occurred_at` years (as written, before conversion to UTC) a record may carry."""
+
+MAX_CREATED = 32_503_680_000
+"""`response.created` is epoch seconds before 3000-01-01; a millisecond epoch is over it."""
+
+MAX_LATENCY_MS = 86_400_000.0
+"""`latency_ms` is at most a day."""
+
+MAX_INT = 2**63
+"""Integers in free-form fields lie in [-2**63, 2**63): what the state's msgpack can hold."""
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Latency = Annotated[float, msgspec.Meta(ge=0, le=MAX_LATENCY_MS)]
+Created = Annotated[int, msgspec.Meta(ge=0, lt=MAX_CREATED)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -61,7 +82,7 @@ class Message(msgspec.Struct, frozen=True):
 
 
 class Request(msgspec.Struct, frozen=True):
-    messages: list[Message]
+    messages: Annotated[list[Message], msgspec.Meta(max_length=MAX_MESSAGES)]
     model: str | None = None
 
 
@@ -74,7 +95,7 @@ class Choice(msgspec.Struct, frozen=True):
 class Response(msgspec.Struct, frozen=True):
     id: str | None = None
     object: str | None = None
-    created: int | None = None
+    created: Created | None = None
     model: str | None = None
     choices: list[Choice] = []
     usage: dict[str, Any] | None = None
@@ -103,7 +124,7 @@ class ChatCompletion(msgspec.Struct, frozen=True, tag_field="event_type", tag="c
     request: Request
     history: Literal["full", "delta"] = "full"
     response: Response | None = None
-    latency_ms: NonNegative | None = None
+    latency_ms: Latency | None = None
     conversation: ConversationMeta | None = None
 
 
@@ -122,17 +143,93 @@ Event = ChatCompletion | ConversationEnded
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_OUT_OF_RANGE = re.compile(r"Expected `\w+` [<>]=? |out of range")
+
 
 def decode_event(data: bytes | bytearray | memoryview) -> Event:
-    """Decodes one record value, or raises `InvalidEvent` naming what is wrong."""
+    """Decodes one record value, or raises `InvalidEvent` naming what is wrong.
+
+    Every bound of the contract is checked here, once, so that nothing downstream
+    (state, fit, encoding, checkpoints) meets data it cannot handle. No other
+    exception leaves this function, whatever the bytes.
+    """
+    raw = bytes(data)
+    _check_depth(raw)
     try:
-        return _decoder.decode(data)
+        event = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         reason = str(exc)
-        kind = "unknown_event_type" if "`$.event_type`" in reason else "schema"
+        if "`$.event_type`" in reason:
+            kind = "unknown_event_type"
+        elif _OUT_OF_RANGE.search(reason):
+            kind = "out_of_range"
+        else:
+            kind = "schema"
         raise InvalidEvent(kind, reason) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent("not_json", str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("not_utf8", f"invalid UTF-8 in a string: {exc.reason}") from None
+    except RecursionError:
+        raise InvalidEvent("too_deep", "nesting too deep to decode") from None
+    _check_values(event)
+    return event
+
+
+def _check_depth(raw: bytes) -> None:
+    """Refuses nesting deeper than `MAX_DEPTH` without recursing and before decoding.
+
+    Strings are blanked first (their brackets are text), then the depth is the
+    running sum of +1 per opening and -1 per closing bracket.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS).translate(_STEP)
+    depth = max(accumulate(step if step < 128 else step - 256 for step in brackets))
+    if depth > MAX_DEPTH:
+        raise InvalidEvent("too_deep", f"nesting {depth} deep, over {MAX_DEPTH}")
+
+
+def _check_values(event: Event) -> None:
+    """The bounds msgspec cannot state: years, and integers in free-form fields."""
+    year = event.occurred_at.year
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise InvalidEvent(
+            "out_of_range", f"occurred_at year {year} is outside {MIN_YEAR}..{MAX_YEAR}"
+        )
+    free: list[Any] = []
+    meta = event.conversation
+    if meta is not None:
+        free += [meta.properties, meta.user_properties]
+    if isinstance(event, ChatCompletion):
+        if event.response is not None:
+            free.append(event.response.usage)
+            free += [choice.message for choice in event.response.choices]
+        free += event.request.messages
+    _check_integers(free)
+
+
+def _check_integers(values: list[Any]) -> None:
+    """Walks free-form values (an explicit stack, no recursion) for integers msgpack cannot hold."""
+    stack = values
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, Message):
+            parts = value.content
+            if isinstance(parts, list):
+                stack += [part.input_audio for part in parts] + [part.file for part in parts]
+            stack += [call.custom for call in value.tool_calls or ()]
+        elif isinstance(value, int) and not -MAX_INT <= value < MAX_INT:
+            raise InvalidEvent(
+                "out_of_range", f"an integer of {value.bit_length()} bits, over 64"
+            )
 
 
 def event_json_schema() -> dict[str, Any]:
