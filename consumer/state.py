@@ -383,7 +383,7 @@ class _Request:
             if start <= front:
                 return start, stop
             tries += 1
-            if tries == _QUICK_TRIES:
+            if tries >= _QUICK_TRIES:
                 break
         else:
             return None
