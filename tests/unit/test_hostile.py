@@ -233,9 +233,9 @@ TIMESTAMPS = st.builds(
     st.sampled_from(["Z", "+01:00", "-01:00", "+23:59", "-23:59", "+14:00"]),
 )
 NUMBERS = st.one_of(
+    st.sampled_from([1795428900000, 2**63, -(2**63) - 1, 2**64, 2**70, 1e308, -0.0]),
     st.integers(-(2**80), 2**80),
     st.floats(allow_nan=False),
-    st.sampled_from([1795428900000, 2**63, -(2**63) - 1, 2**64, 1e308, -0.0]),
 )
 NUMBER_PATHS: list[tuple[Any, ...]] = [
     ("response", "created"),
@@ -250,7 +250,7 @@ NUMBER_PATHS: list[tuple[Any, ...]] = [
 def hostile(draw: st.DrawFn) -> bytes:
     """A valid event, then one or more ways of breaking it."""
     value = copy.deepcopy(BASE)
-    value["event_id"] = draw(st.sampled_from(["e1", "e2", "e3"]))
+    value["event_id"] = draw(st.sampled_from(["e1", "e2", "e3", "e4", "e5"]))
     for _ in range(draw(st.integers(1, 3))):
         how = draw(st.integers(0, 6))
         if how == 0:
@@ -273,7 +273,7 @@ def hostile(draw: st.DrawFn) -> bytes:
         else:
             value["history"] = draw(st.sampled_from(["full", "delta"]))
     raw = bytearray(encoded(value))
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
         how = draw(st.integers(0, 3))
         at = draw(st.integers(0, len(raw) - 1))
         if how == 0:
