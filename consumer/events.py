@@ -16,8 +16,15 @@ import msgspec
 
 from consumer.errors import InvalidEvent
 
-MAX_DEPTH = 64
-"""Deepest nesting of arrays and objects a record may have, counted from its top object."""
+MAX_DEPTH = 256
+"""Deepest nesting of arrays and objects anywhere in a record, its top object counting 1.
+
+Well inside what msgspec decodes without running out of stack, so the answer does
+not depend on where the decoder is called from.
+"""
+
+MAX_FREE_DEPTH = 32
+"""Deepest nesting inside a free-form field (`usage`, `properties`...), its value counting 1."""
 
 MAX_MESSAGES = 100_000
 """Most messages one request may carry."""
@@ -175,26 +182,32 @@ def decode_event(data: bytes | bytearray | memoryview) -> Event:
         raise InvalidEvent("not_utf8", f"invalid UTF-8 in a string: {exc.reason}") from None
     except RecursionError:
         raise InvalidEvent("too_deep", "nesting too deep to decode") from None
-    _check_values(event)
+    _check_values(event, raw)
     return event
 
 
 def _check_depth(raw: bytes) -> None:
     """Refuses nesting deeper than `MAX_DEPTH` without recursing and before decoding.
 
-    Strings are blanked first (their brackets are text), then the depth is the
-    running sum of +1 per opening and -1 per closing bracket.
+    Strings are dropped first (their brackets are text), then the depth is the
+    running sum of +1 per opening and -1 per closing bracket. Without an escaped
+    quote, splitting at quotes drops the strings; with one, a regex does.
     """
     if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
         return
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS).translate(_STEP)
-    depth = max(accumulate(step if step < 128 else step - 256 for step in brackets))
+    outside = _STRING.sub(b"", raw) if b'\\"' in raw else b"".join(raw.split(b'"')[::2])
+    steps = memoryview(outside.translate(_STEP, _NOT_BRACKETS)).cast("b")
+    depth = max(accumulate(steps), default=0)
     if depth > MAX_DEPTH:
         raise InvalidEvent("too_deep", f"nesting {depth} deep, over {MAX_DEPTH}")
 
 
-def _check_values(event: Event) -> None:
-    """The bounds msgspec cannot state: years, and integers in free-form fields."""
+_IN_MESSAGES = (b"input_audio", b"file", b"custom", b"\\u")
+"""Without these bytes no message holds free-form data (`\\u` for an escaped key)."""
+
+
+def _check_values(event: Event, raw: bytes) -> None:
+    """The bounds msgspec cannot state: years, and what free-form fields may hold."""
     year = event.occurred_at.year
     if not MIN_YEAR <= year <= MAX_YEAR:
         raise InvalidEvent(
@@ -205,31 +218,35 @@ def _check_values(event: Event) -> None:
     if meta is not None:
         free += [meta.properties, meta.user_properties]
     if isinstance(event, ChatCompletion):
-        if event.response is not None:
-            free.append(event.response.usage)
-            free += [choice.message for choice in event.response.choices]
-        free += event.request.messages
-    _check_integers(free)
+        response = event.response
+        if response is not None:
+            free.append(response.usage)
+        if any(mark in raw for mark in _IN_MESSAGES):
+            messages = list(event.request.messages)
+            if response is not None:
+                messages += [choice.message for choice in response.choices if choice.message]
+            for message in messages:
+                parts = message.content
+                if isinstance(parts, list):
+                    free += [part.input_audio for part in parts] + [part.file for part in parts]
+                free += [call.custom for call in message.tool_calls or ()]
+    _check_free(free)
 
 
-def _check_integers(values: list[Any]) -> None:
-    """Walks free-form values (an explicit stack, no recursion) for integers msgpack cannot hold."""
-    stack = values
+def _check_free(values: list[Any]) -> None:
+    """Walks free-form values (an explicit stack, no recursion) for depth and 64-bit integers."""
+    stack = [(value, 1) for value in values if value is not None]
     while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, Message):
-            parts = value.content
-            if isinstance(parts, list):
-                stack += [part.input_audio for part in parts] + [part.file for part in parts]
-            stack += [call.custom for call in value.tool_calls or ()]
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_FREE_DEPTH:
+                raise InvalidEvent(
+                    "too_deep", f"a free-form field nests over {MAX_FREE_DEPTH} deep"
+                )
+            items = value.values() if isinstance(value, dict) else value
+            stack += [(item, depth + 1) for item in items]
         elif isinstance(value, int) and not -MAX_INT <= value < MAX_INT:
-            raise InvalidEvent(
-                "out_of_range", f"an integer of {value.bit_length()} bits, over 64"
-            )
+            raise InvalidEvent("out_of_range", f"an integer of {value.bit_length()} bits, over 64")
 
 
 def event_json_schema() -> dict[str, Any]:

@@ -118,10 +118,10 @@ def nested(depth: int, *, as_list: bool) -> Any:
 
 def conversation_record(engine: PartitionEngine, cid: str) -> bytes | None:
     """The conversation as state would persist it, wherever the engine holds it."""
-    conv = engine._open.get(cid)  # noqa: SLF001
+    conv = engine._open.get(cid)
     if conv is not None:
         return state.encode_record(conv)
-    done = engine._done.get(cid)  # noqa: SLF001
+    done = engine._done.get(cid)
     return done.blob if done is not None else None
 
 
@@ -130,16 +130,22 @@ def through(engine: PartitionEngine, raw: bytes, offset: int, now: float) -> str
     try:
         event = events.decode_event(raw)
     except InvalidEvent as exc:
-        assert exc.kind in DECODE_KINDS, exc.kind
-        return exc.kind
+        refused = exc.kind
+    else:
+        refused = None
+    if refused is not None:
+        assert refused in DECODE_KINDS
+        return refused
     cid = event.conversation_id
     before = conversation_record(engine, cid)
     try:
         decisions = engine.apply(event, offset, now)
     except InvalidEvent as exc:
-        assert exc.kind == "unprocessable"
+        refused = exc.kind
+    if refused is not None:
+        assert refused == "unprocessable"
         assert conversation_record(engine, cid) == before
-        return exc.kind
+        return refused
     decisions += engine.flush_open(Trigger.SHUTDOWN, now)
     for decision in decisions:
         payload.decode(decision.body)
@@ -207,19 +213,30 @@ def test_each_known_hostile_record_gets_its_kind(raw: bytes, kind: str):
     assert caught.value.kind == kind
 
 
-def test_nesting_up_to_the_bound_is_accepted_and_flushes():
-    """At the bound (counted from the record's top object) a record is an event, and
-    its free-form data goes through state, fit and encoding."""
-    depth = events.MAX_DEPTH - 2  # the top object and `response`
-    raw = encoded(put(BASE, ("response", "usage"), nested(depth, as_list=False)))
-    assert through(PartitionEngine(EngineConfig(max_body_bytes=600)), raw, 0, 1.0) == "applied"
-    over = encoded(put(BASE, ("response", "usage"), nested(depth + 1, as_list=False)))
-    with pytest.raises(InvalidEvent, match="nesting"):
+def test_free_form_nesting_up_to_its_bound_is_accepted_and_flushes():
+    """At the bound a free-form value goes through state, fit (cutting) and encoding."""
+    inner = nested(events.MAX_FREE_DEPTH - 1, as_list=True)
+    raw = encoded(put(BASE, ("response", "usage"), {"deep": inner, "text": "x" * 2000}))
+    assert through(PartitionEngine(EngineConfig(max_body_bytes=1500)), raw, 0, 1.0) == "applied"
+    over = encoded(put(BASE, ("response", "usage"), {"deep": [inner]}))
+    with pytest.raises(InvalidEvent, match="free-form") as caught:
         events.decode_event(over)
+    assert caught.value.kind == "too_deep"
+
+
+def test_record_nesting_is_bounded_anywhere_even_in_ignored_fields():
+    """The top object counts 1; an ignored field at the bound is dropped, past it refused."""
+    depth = events.MAX_DEPTH - 1
+    at = put_raw(BASE, ("ignored",), b"[" * depth + b"]" * depth)
+    assert isinstance(events.decode_event(at), events.ChatCompletion)
+    over = put_raw(BASE, ("ignored",), b"[" * (depth + 1) + b"]" * (depth + 1))
+    with pytest.raises(InvalidEvent, match="nesting") as caught:
+        events.decode_event(over)
+    assert caught.value.kind == "too_deep"
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting():
-    text = '[{"' * 200 + '\\"' + "]}" * 50
+    text = '[{"' * 300 + '\\"' + "]}" * 50
     raw = encoded(put(BASE, ("conversation", "properties"), {"text": text}))
     assert isinstance(events.decode_event(raw), events.ChatCompletion)
 
@@ -272,7 +289,13 @@ def hostile(draw: st.DrawFn) -> bytes:
             value = put(value, draw(st.sampled_from(FREE_FORM_PATHS)), draw(st.text()))
         else:
             value["history"] = draw(st.sampled_from(["full", "delta"]))
-    raw = bytearray(encoded(value))
+    return draw(damaged(encoded(value)))
+
+
+@st.composite
+def damaged(draw: st.DrawFn, record: bytes) -> bytes:
+    """The record, mostly as it is, else with bits flipped, cut, or bytes inserted."""
+    raw = bytearray(record)
     for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
         how = draw(st.integers(0, 3))
         at = draw(st.integers(0, len(raw) - 1))
@@ -357,7 +380,7 @@ def test_a_failure_while_planning_leaves_the_conversation_as_it_was(monkeypatch)
     assert conversation_record(engine, "c") == before
     monkeypatch.undo()
     engine.apply(completion("e2", [user("hi"), assistant("hello"), user("more")], "sure"), 1, 2.0)
-    assert len(engine._open["c"].entries) == 4  # noqa: SLF001
+    assert len(engine._open["c"].entries) == 4
 
 
 def test_a_failure_after_the_change_began_puts_everything_back(monkeypatch):
