@@ -150,7 +150,8 @@ Event = ChatCompletion | ConversationEnded
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+"""A string, or an unterminated one up to the end: every quote starts a match, so linear."""
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _OUT_OF_RANGE = re.compile(r"Expected `\w+` [<>]=? |out of range")
@@ -187,19 +188,24 @@ def decode_event(data: bytes | bytearray | memoryview) -> Event:
 
 
 def _check_depth(raw: bytes) -> None:
-    """Refuses nesting deeper than `MAX_DEPTH` without recursing and before decoding.
-
-    Strings are dropped first (their brackets are text), then the depth is the
-    running sum of +1 per opening and -1 per closing bracket. Without an escaped
-    quote, splitting at quotes drops the strings; with one, a regex does.
-    """
+    """Refuses nesting deeper than `MAX_DEPTH` without recursing and before decoding."""
     if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
         return
-    outside = _STRING.sub(b"", raw) if b'\\"' in raw else b"".join(raw.split(b'"')[::2])
-    steps = memoryview(outside.translate(_STEP, _NOT_BRACKETS)).cast("b")
-    depth = max(accumulate(steps), default=0)
+    depth = nesting(raw)
     if depth > MAX_DEPTH:
         raise InvalidEvent("too_deep", f"nesting {depth} deep, over {MAX_DEPTH}")
+
+
+def nesting(raw: bytes) -> int:
+    """How deep arrays and objects nest in JSON text, in time linear in its length.
+
+    Strings are dropped first (their brackets are text), then the depth is the
+    largest running sum of +1 per opening and -1 per closing bracket. Without an
+    escaped quote, splitting at quotes drops the strings; with one, a regex does.
+    """
+    outside = _STRING.sub(b"", raw) if b'\\"' in raw else b"".join(raw.split(b'"')[::2])
+    steps = memoryview(outside.translate(_STEP, _NOT_BRACKETS)).cast("b")
+    return max(accumulate(steps), default=0)
 
 
 _IN_MESSAGES = (b"input_audio", b"file", b"custom", b"\\u")

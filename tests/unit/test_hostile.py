@@ -241,6 +241,48 @@ def test_brackets_inside_strings_do_not_count_as_nesting():
     assert isinstance(events.decode_event(raw), events.ChatCompletion)
 
 
+def depth_of(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet='[]{}"\\ ab\u00e9', max_size=12)
+JSON_VALUES = st.recursive(
+    st.none() | st.integers() | TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(JSON_VALUES, st.booleans())
+def test_the_nesting_scan_agrees_with_the_parsed_value(value: Any, ascii_only: bool):
+    """Brackets, quotes and backslashes inside strings never count."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert events.nesting(raw) == depth_of(value)
+
+
+def test_the_nesting_scan_is_linear_on_escaped_quotes_that_never_close():
+    """A regex that retries from every quote would be quadratic here."""
+    size = 400_000
+    plain = b'{"a":[' + b"[]" * 300 + b'],"b":"' + b"x" * size * 2 + b'"}'
+    hostile = b'{"a":[' + b"[]" * 300 + b'],"b":"' + b'\\"' * size
+
+    def best(raw: bytes) -> float:
+        timings = []
+        for _ in range(3):
+            began = time.perf_counter()
+            with pytest.raises(InvalidEvent):
+                events.decode_event(raw + b"[" * 300)
+            timings.append(time.perf_counter() - began)
+        return min(timings)
+
+    assert best(hostile) <= 20 * best(plain) + 0.01
+
+
 # Fuzzing.
 
 TIMESTAMPS = st.builds(
