@@ -183,7 +183,7 @@ def decode_event(data: bytes | bytearray | memoryview) -> Event:
         raise InvalidEvent("not_utf8", f"invalid UTF-8 in a string: {exc.reason}") from None
     except RecursionError:
         raise InvalidEvent("too_deep", "nesting too deep to decode") from None
-    _check_values(event, raw)
+    _check_values(event)
     return event
 
 
@@ -208,35 +208,39 @@ def nesting(raw: bytes) -> int:
     return max(accumulate(steps), default=0)
 
 
-_IN_MESSAGES = (b"input_audio", b"file", b"custom", b"\\u")
-"""Without these bytes no message holds free-form data (`\\u` for an escaped key)."""
-
-
-def _check_values(event: Event, raw: bytes) -> None:
+def _check_values(event: Event) -> None:
     """The bounds msgspec cannot state: years, and what free-form fields may hold."""
     year = event.occurred_at.year
     if not MIN_YEAR <= year <= MAX_YEAR:
         raise InvalidEvent(
             "out_of_range", f"occurred_at year {year} is outside {MIN_YEAR}..{MAX_YEAR}"
         )
+    _check_free(_free_values(event))
+
+
+def _free_values(event: Event) -> list[Any]:
+    """Every free-form value the event carries, where producers may put any JSON."""
     free: list[Any] = []
     meta = event.conversation
     if meta is not None:
         free += [meta.properties, meta.user_properties]
-    if isinstance(event, ChatCompletion):
-        response = event.response
-        if response is not None:
-            free.append(response.usage)
-        if any(mark in raw for mark in _IN_MESSAGES):
-            messages = list(event.request.messages)
-            if response is not None:
-                messages += [choice.message for choice in response.choices if choice.message]
-            for message in messages:
-                parts = message.content
-                if isinstance(parts, list):
-                    free += [part.input_audio for part in parts] + [part.file for part in parts]
-                free += [call.custom for call in message.tool_calls or ()]
-    _check_free(free)
+    if not isinstance(event, ChatCompletion):
+        return free
+    response = event.response
+    messages: list[Message | None] = [*event.request.messages]
+    if response is not None:
+        free.append(response.usage)
+        messages += [choice.message for choice in response.choices]
+    for message in messages:
+        if message is None:
+            continue
+        parts = message.content
+        if isinstance(parts, list):
+            for part in parts:
+                free += (part.input_audio, part.file)
+        if message.tool_calls:
+            free += [call.custom for call in message.tool_calls]
+    return free
 
 
 def _check_free(values: list[Any]) -> None:
