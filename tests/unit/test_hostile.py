@@ -197,8 +197,8 @@ REPRODUCED = [
     ("a lone surrogate escape", encoded(BASE).replace(b"what is this?", b"\\ud800"), "not_json"),
     *[
         (
-            f"65 deep in {'.'.join(map(str, path))}",
-            encoded(put(BASE, path, nested(70, as_list=False))),
+            f"{events.MAX_FREE_DEPTH + 1} deep in {'.'.join(map(str, path))}",
+            encoded(put(BASE, path, nested(events.MAX_FREE_DEPTH + 1, as_list=False))),
             "too_deep",
         )
         for path in FREE_FORM_PATHS
