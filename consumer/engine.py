@@ -617,7 +617,6 @@ class PartitionEngine:
         return record
 
 
-
 @dataclass(frozen=True, slots=True)
 class _Undo:
     """What `apply` needs to put a conversation back as it was, should applying fail."""
