@@ -227,19 +227,17 @@ def _free_values(event: Event) -> list[Any]:
     if not isinstance(event, ChatCompletion):
         return free
     response = event.response
-    messages: list[Message | None] = [*event.request.messages]
+    messages = event.request.messages
     if response is not None:
         free.append(response.usage)
-        messages += [choice.message for choice in response.choices]
-    for message in messages:
-        if message is None:
-            continue
+        messages = messages + [choice.message for choice in response.choices if choice.message]
+    for message in [m for m in messages if m.tool_calls or m.content.__class__ is list]:
         parts = message.content
         if isinstance(parts, list):
             for part in parts:
                 free += (part.input_audio, part.file)
-        if message.tool_calls:
-            free += [call.custom for call in message.tool_calls]
+        for call in message.tool_calls or ():
+            free.append(call.custom)
     return free
 
 
