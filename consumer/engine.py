@@ -388,7 +388,10 @@ class PartitionEngine:
         )
 
     def _rollback(self, undo: _Undo) -> None:
-        """Puts the conversation back; a completed form returns at the end of its queue."""
+        """Puts the conversation back; a completed form returns at the end of its queue.
+
+        A rare path, so the activity order is simply rebuilt.
+        """
         conv = undo.conv
         cid = conv.id
         for name in conv.__struct_fields__:
@@ -414,8 +417,13 @@ class PartitionEngine:
             (undo.changed, self._changed),
         )
         for was, where in kept:
-            if not was:
+            if was:
+                where[cid] = None
+            else:
                 where.pop(cid, None)
+        if undo.active:
+            by_activity = sorted(self._active, key=lambda key: self._open[key].last_event_at)
+            self._active = OrderedDict.fromkeys(by_activity)
 
     def _touch(
         self,

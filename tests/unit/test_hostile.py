@@ -443,8 +443,9 @@ def test_a_failure_after_the_change_began_puts_everything_back(monkeypatch):
     assert engine.checkpoint().records == []
     assert engine.open_count == 1
     monkeypatch.undo()
-    decisions = engine.apply(ended("end"), 1, 2.0)
-    assert len(decisions) == 1
+    (idle,) = engine.due(1.0 + CONFIG.idle_timeout)
+    assert isinstance(idle, Flush)
+    assert idle.trigger is Trigger.IDLE
 
 
 def test_a_failed_continuation_leaves_the_completed_conversation_completed(monkeypatch):
