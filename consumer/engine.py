@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from consumer import events, payload, responses, state
-from consumer.errors import Rejected
+from consumer.errors import InvalidEvent, Rejected
 from consumer.fit import fit
 
 
@@ -233,7 +233,13 @@ class PartitionEngine:
         return marker is not None and offset <= marker.last_offset
 
     def apply(self, event: events.Event, offset: int, now: float) -> list[Decision]:
-        """Applies one event at input `offset`; a `conversation.ended` flushes at once."""
+        """Applies one event at input `offset`; a `conversation.ended` flushes at once.
+
+        All or nothing: whatever can fail is computed before the conversation is
+        changed. Should anything fail anyway, the conversation is put back as it was
+        and `InvalidEvent` (`unprocessable`) is raised, so the record is dead-lettered;
+        no other exception leaves this method.
+        """
         self.skip(offset)
         cid = event.conversation_id
         key = state.event_key(event.event_id)
@@ -246,18 +252,34 @@ class PartitionEngine:
         if conv is None:
             self.duplicates += 1
             return []
-        occurred = self._touch(conv, event, key, offset, now)
-        if isinstance(event, events.ConversationEnded):
-            return self._request(conv, Trigger.ENDED, now)
-        if isinstance(event, events.ResponseEvent):
-            responses.apply(conv, event, occurred)
-        else:
-            state.apply_completion(conv, event, occurred)
-        conv.closing = False
-        self._active[cid] = None
-        self._active.move_to_end(cid)
-        if cid not in self._scheduled:
-            self._schedule(conv)
+        undo = self._snapshot(conv, key, adopted=found is None)
+        try:
+            occurred = event.occurred_at.astimezone(UTC)
+            planned: list[tuple[state.Entry, int]] = []
+            if isinstance(event, events.ChatCompletion):
+                planned = state.plan_completion(conv, event, occurred)
+            elif isinstance(event, events.ResponseEvent):
+                completion = responses.to_completion(event, responses.last_instructions(conv))
+                planned = state.plan_completion(conv, completion, occurred)
+            if found is None:
+                self._adopt(conv)
+            conv.last_event_at = now
+            self._touch(conv, event, key, offset, occurred)
+            if isinstance(event, events.ConversationEnded):
+                return self._request(conv, Trigger.ENDED, now)
+            for entry, mark in planned:
+                conv.entries.append(entry)
+                conv.fingerprints.append(mark)
+            conv.closing = False
+            self._active[cid] = None
+            self._active.move_to_end(cid)
+            if cid not in self._scheduled:
+                self._schedule(conv)
+        except Exception as exc:
+            self._rollback(undo)
+            raise InvalidEvent(
+                "unprocessable", f"{type(exc).__name__} while applying the event: {exc}"[:300]
+            ) from exc
         return []
 
     def skip(self, offset: int) -> None:
@@ -317,7 +339,10 @@ class PartitionEngine:
     def _reopen(
         self, cid: str, key: int, offset: int, now: float
     ) -> state.ConversationState | None:
-        """The state an event for a conversation not open extends, or None for a duplicate."""
+        """The state an event for a conversation not open would extend, or None for a duplicate.
+
+        Nothing is changed yet: `_adopt` does that once the event is known to apply.
+        """
         done = self._done.get(cid)
         marker = self._markers.get(cid)
         if done is not None:
@@ -326,14 +351,12 @@ class PartitionEngine:
             conv = self._decode(done)
             if key in conv.seen:
                 return None
-            del self._done[cid]
             conv.complete = False
             conv.completed_at = None
             conv.opened_at = now
         elif marker is not None:
             if offset <= marker.last_offset:
                 return None
-            del self._markers[cid]
             conv = state.ConversationState(
                 id=cid,
                 opened_at=now,
@@ -344,8 +367,69 @@ class PartitionEngine:
             )
         else:
             conv = state.ConversationState(id=cid, opened_at=now, last_event_at=now)
-        self._open[cid] = conv
         return conv
+
+    def _adopt(self, conv: state.ConversationState) -> None:
+        """Makes a conversation from `_reopen` the open one, replacing its completed form."""
+        self._done.pop(conv.id, None)
+        self._markers.pop(conv.id, None)
+        self._open[conv.id] = conv
+
+    def _snapshot(self, conv: state.ConversationState, key: int, *, adopted: bool) -> _Undo:
+        cid = conv.id
+        return _Undo(
+            conv=conv,
+            fields=msgspec.structs.replace(conv),
+            meta=msgspec.structs.replace(conv.meta),
+            count=len(conv.entries),
+            marks=len(conv.fingerprints),
+            key=key,
+            new_key=key not in conv.seen,
+            adopted=adopted,
+            done=self._done.get(cid) if adopted else None,
+            marker=self._markers.get(cid) if adopted else None,
+            active=cid in self._active,
+            held=cid in self._held,
+            changed=cid in self._changed,
+        )
+
+    def _rollback(self, undo: _Undo) -> None:
+        """Puts the conversation back; a completed form returns at the end of its queue.
+
+        A rare path, so the activity order is simply rebuilt.
+        """
+        conv = undo.conv
+        cid = conv.id
+        for name in conv.__struct_fields__:
+            setattr(conv, name, getattr(undo.fields, name))
+        del conv.entries[undo.count :]
+        del conv.fingerprints[undo.marks :]
+        if undo.new_key:
+            conv.seen.discard(undo.key)
+        for name in conv.meta.__struct_fields__:
+            setattr(conv.meta, name, getattr(undo.meta, name))
+        self._done.pop(cid, None)
+        if undo.adopted:
+            self._open.pop(cid, None)
+        else:
+            self._open[cid] = conv
+        if undo.done is not None:
+            self._done[cid] = undo.done
+        if undo.marker is not None:
+            self._markers[cid] = undo.marker
+        kept: tuple[tuple[bool, dict[str, None]], ...] = (
+            (undo.active, self._active),
+            (undo.held, self._held),
+            (undo.changed, self._changed),
+        )
+        for was, where in kept:
+            if was:
+                where[cid] = None
+            else:
+                where.pop(cid, None)
+        if undo.active:
+            by_activity = sorted(self._active, key=lambda key: self._open[key].last_event_at)
+            self._active = OrderedDict.fromkeys(by_activity)
 
     def _touch(
         self,
@@ -353,13 +437,11 @@ class PartitionEngine:
         event: events.Event,
         key: int,
         offset: int,
-        now: float,
-    ) -> datetime:
-        """What every applied event changes, whatever its type; returns when it occurred, in UTC."""
+        occurred: datetime,
+    ) -> None:
+        """What every applied event changes, whatever its type; `occurred` is in UTC."""
         conv.seen.add(key)
         conv.last_offset = offset
-        conv.last_event_at = now
-        occurred = event.occurred_at.astimezone(UTC)
         if conv.created_at is None or occurred < conv.created_at:
             conv.created_at = occurred
         if conv.updated_at is None or occurred > conv.updated_at:
@@ -372,7 +454,6 @@ class PartitionEngine:
         if conv.in_flight and conv.since_issue_from is None:
             conv.since_issue_from = offset
         self._changed[conv.id] = None
-        return occurred
 
     def _request(
         self, conv: state.ConversationState, trigger: Trigger, now: float
@@ -548,3 +629,22 @@ class PartitionEngine:
         record = state.decode_record(done.blob)
         assert isinstance(record, state.ConversationState)
         return record
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """What `apply` needs to put a conversation back as it was, should applying fail."""
+
+    conv: state.ConversationState
+    fields: state.ConversationState
+    meta: state.Meta
+    count: int
+    marks: int
+    key: int
+    new_key: bool
+    adopted: bool
+    done: _Done | None
+    marker: state.Marker | None
+    active: bool
+    held: bool
+    changed: bool

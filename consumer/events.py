@@ -7,16 +7,44 @@ The structs decode straight from a record's bytes. Unknown fields are ignored
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from consumer.errors import InvalidEvent
 
+MAX_DEPTH = 256
+"""Deepest nesting of arrays and objects anywhere in a record, its top object counting 1.
+
+Well inside what msgspec decodes without running out of stack, so the answer does
+not depend on where the decoder is called from.
+"""
+
+MAX_FREE_DEPTH = 32
+"""Deepest nesting inside a free-form field (`usage`, `properties`...), its value counting 1."""
+
+MAX_MESSAGES = 100_000
+"""Most messages one request may carry."""
+
+MIN_YEAR, MAX_YEAR = 1970, 2999
+"""`occurred_at` years (as written, before conversion to UTC) a record may carry."""
+
+MAX_CREATED = 32_503_680_000
+"""`response.created` is epoch seconds before 3000-01-01; a millisecond epoch is over it."""
+
+MAX_LATENCY_MS = 86_400_000.0
+"""`latency_ms` is at most a day."""
+
+MAX_INT = 2**63
+"""Integers in free-form fields lie in [-2**63, 2**63): what the state's msgpack can hold."""
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Latency = Annotated[float, msgspec.Meta(ge=0, le=MAX_LATENCY_MS)]
+Created = Annotated[int, msgspec.Meta(ge=0, lt=MAX_CREATED)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -84,7 +112,7 @@ class ItemMessage(Message, frozen=True):
 
 
 class Request(msgspec.Struct, frozen=True):
-    messages: list[Message]
+    messages: Annotated[list[Message], msgspec.Meta(max_length=MAX_MESSAGES)]
     model: str | None = None
 
 
@@ -98,7 +126,7 @@ class Choice(msgspec.Struct, frozen=True):
 class Response(msgspec.Struct, frozen=True):
     id: str | None = None
     object: str | None = None
-    created: int | None = None
+    created: Created | None = None
     model: str | None = None
     choices: list[Choice] = []
     usage: dict[str, Any] | None = None
@@ -128,7 +156,7 @@ class ChatCompletion(msgspec.Struct, frozen=True, tag_field="event_type", tag="c
     request: Request
     history: Literal["full", "delta"] = "full"
     response: Response | None = None
-    latency_ms: NonNegative | None = None
+    latency_ms: Latency | None = None
     conversation: ConversationMeta | None = None
 
 
@@ -241,7 +269,7 @@ class ResponseEvent(msgspec.Struct, frozen=True, tag_field="event_type", tag="re
     request: ResponseRequest
     history: Literal["full", "delta"] | None = None
     response: ResponseResult | None = None
-    latency_ms: NonNegative | None = None
+    latency_ms: Latency | None = None
     conversation: ConversationMeta | None = None
 
 
@@ -249,17 +277,123 @@ Event = ChatCompletion | ConversationEnded | ResponseEvent
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+"""A string, or an unterminated one up to the end: every quote starts a match, so linear."""
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_OUT_OF_RANGE = re.compile(r"Expected `\w+` [<>]=? |out of range")
+
 
 def decode_event(data: bytes | bytearray | memoryview) -> Event:
-    """Decodes one record value, or raises `InvalidEvent` naming what is wrong."""
+    """Decodes one record value, or raises `InvalidEvent` naming what is wrong.
+
+    Every bound of the contract is checked here, once, so that nothing downstream
+    (state, fit, encoding, checkpoints) meets data it cannot handle. No other
+    exception leaves this function, whatever the bytes.
+    """
+    raw = bytes(data)
+    _check_depth(raw)
     try:
-        return _decoder.decode(data)
+        event = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         reason = str(exc)
-        kind = "unknown_event_type" if "`$.event_type`" in reason else "schema"
+        if "`$.event_type`" in reason:
+            kind = "unknown_event_type"
+        elif _OUT_OF_RANGE.search(reason):
+            kind = "out_of_range"
+        else:
+            kind = "schema"
         raise InvalidEvent(kind, reason) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent("not_json", str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("not_utf8", f"invalid UTF-8 in a string: {exc.reason}") from None
+    except RecursionError:
+        raise InvalidEvent("too_deep", "nesting too deep to decode") from None
+    _check_values(event)
+    return event
+
+
+def _check_depth(raw: bytes) -> None:
+    """Refuses nesting deeper than `MAX_DEPTH` without recursing and before decoding."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return
+    depth = nesting(raw)
+    if depth > MAX_DEPTH:
+        raise InvalidEvent("too_deep", f"nesting {depth} deep, over {MAX_DEPTH}")
+
+
+def nesting(raw: bytes) -> int:
+    """How deep arrays and objects nest in JSON text, in time linear in its length.
+
+    Strings are dropped first (their brackets are text), then the depth is the
+    largest running sum of +1 per opening and -1 per closing bracket. Without an
+    escaped quote, splitting at quotes drops the strings; with one, a regex does.
+    """
+    outside = _STRING.sub(b"", raw) if b'\\"' in raw else b"".join(raw.split(b'"')[::2])
+    steps = memoryview(outside.translate(_STEP, _NOT_BRACKETS)).cast("b")
+    return max(accumulate(steps), default=0)
+
+
+def _check_values(event: Event) -> None:
+    """The bounds msgspec cannot state: years, and what free-form fields may hold."""
+    year = event.occurred_at.year
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise InvalidEvent(
+            "out_of_range", f"occurred_at year {year} is outside {MIN_YEAR}..{MAX_YEAR}"
+        )
+    _check_free(_free_values(event))
+
+
+def _free_values(event: Event) -> list[Any]:
+    """Every free-form value the event carries, where producers may put any JSON."""
+    free: list[Any] = []
+    meta = event.conversation
+    if meta is not None:
+        free += [meta.properties, meta.user_properties]
+    if isinstance(event, ResponseEvent):
+        request, result = event.request, event.response
+        free += [request.conversation, request.input if isinstance(request.input, list) else None]
+        if result is not None:
+            free += [result.output, result.usage, result.error, result.incomplete_details]
+        return free
+    if not isinstance(event, ChatCompletion):
+        return free
+    response = event.response
+    messages = event.request.messages
+    if response is not None:
+        free += [response.usage, response.prompt_filter_results]
+        free += [choice.content_filter_results for choice in response.choices]
+        messages = messages + [choice.message for choice in response.choices if choice.message]
+    for message in messages:
+        free += (
+            message.annotations,
+            message.reasoning,
+            message.content_filter_results,
+        )
+        parts = message.content
+        if isinstance(parts, list):
+            for part in parts:
+                free += (part.input_audio, part.file)
+        for call in message.tool_calls or ():
+            free.append(call.custom)
+    return free
+
+
+def _check_free(values: list[Any]) -> None:
+    """Walks free-form values (an explicit stack, no recursion) for depth and 64-bit integers."""
+    stack = [(value, 1) for value in values if value is not None]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_FREE_DEPTH:
+                raise InvalidEvent(
+                    "too_deep", f"a free-form field nests over {MAX_FREE_DEPTH} deep"
+                )
+            items = value.values() if isinstance(value, dict) else value
+            stack += [(item, depth + 1) for item in items]
+        elif isinstance(value, int) and not -MAX_INT <= value < MAX_INT:
+            raise InvalidEvent("out_of_range", f"an integer of {value.bit_length()} bits, over 64")
 
 
 def event_json_schema() -> dict[str, Any]:

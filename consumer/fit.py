@@ -126,13 +126,24 @@ class _Cutter:
         )
 
     def _value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self._text(value)
-        if isinstance(value, list):
-            return [self._value(item) for item in value]
-        if isinstance(value, dict):
-            return {key: self._value(item) for key, item in value.items()}
-        return value
+        """A copy of free-form data with its strings cut; an explicit stack, not recursion."""
+        holder: list[Any] = [None]
+        stack: list[tuple[Any, Any, Any]] = [(value, holder, 0)]
+        while stack:
+            source, parent, slot = stack.pop()
+            if isinstance(source, str):
+                parent[slot] = self._text(source)
+            elif isinstance(source, list):
+                items: list[Any] = [None] * len(source)
+                parent[slot] = items
+                stack.extend((item, items, index) for index, item in enumerate(source))
+            elif isinstance(source, dict):
+                fields: dict[Any, Any] = dict.fromkeys(source)
+                parent[slot] = fields
+                stack.extend((item, fields, key) for key, item in source.items())
+            else:
+                parent[slot] = source
+        return holder[0]
 
     def _text(self, text: str) -> str:
         size = _size(text)

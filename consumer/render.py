@@ -41,13 +41,14 @@ def render(source: BinaryIO, out: BinaryIO, errors: TextIO) -> int:
             continue
         try:
             event = events.decode_event(line)
+            decisions = engine.apply(event, number, 0.0)
         except InvalidEvent as exc:
             invalid = True
             print(f"line {number}: {exc.kind}: {exc.reason}", file=errors)
             engine.skip(number)
             continue
         bodies.setdefault(event.conversation_id, None)
-        _settle(engine, engine.apply(event, number, 0.0), bodies, errors)
+        _settle(engine, decisions, bodies, errors)
     _settle(engine, engine.flush_open(Trigger.SHUTDOWN, 0.0), bodies, errors)
     for body in bodies.values():
         if body is not None:

@@ -14,6 +14,7 @@ fingerprint below changes what the persisted fingerprints mean: that needs a new
 from __future__ import annotations
 
 import zlib
+from bisect import bisect_left
 from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any
@@ -188,64 +189,51 @@ def _hash64(data: bytes) -> int:
 def apply_completion(
     state: ConversationState, event: events.ChatCompletion, occurred: datetime
 ) -> None:
-    """Adds what the event carries that the state does not have yet, then the reply.
+    """Adds what the event carries that the state does not have yet, then the reply."""
+    for entry, mark in plan_completion(state, event, occurred):
+        state.entries.append(entry)
+        state.fingerprints.append(mark)
 
-    `delta` appends. `full` first looks for the usual shape, a history whose older
-    part is the end of what is known (after system messages kept at the front), and
-    appends what follows it. Otherwise it walks the request against the history
-    known before this event: a message found at or after the pointer is known and
-    moves the pointer; one not found is appended (an edited turn: both branches).
-    Only messages known before the event are matched, so two identical turns in one
+
+def plan_completion(
+    state: ConversationState, event: events.ChatCompletion, occurred: datetime
+) -> list[tuple[Entry, int]]:
+    """The entries (with fingerprints) the event adds, computed without changing the state.
+
+    So the engine can apply an event all at once or not at all. `delta` appends.
+    `full` first looks for the usual shape, a history whose older part is the end
+    of what is known (after system messages kept at the front), and appends what
+    follows it. Otherwise it walks the request against the history known before
+    this event: a message found at or after the pointer is known and moves the
+    pointer; one not found is appended (an edited turn: both branches). Only
+    messages known before the event are matched, so two identical turns in one
     request stay two. The reply is known when it sits right at the pointer (a
-    re-sent event); otherwise it is appended.
+    re-sent event); otherwise it is appended. A re-sent event is recognised on
+    either path: a request wholly known, in order, with its reply right after it.
     """
     messages = event.request.messages
-    pointer: int | None = None
-    if event.history == "delta":
-        for message in messages:
-            _append(state, message, fingerprint(message), occurred)
-    else:
-        pointer = _apply_full(state, messages, occurred)
     response = event.response
     reply = response.choices[0] if response is not None and response.choices else None
-    if response is None or reply is None or reply.message is None:
-        return
-    if pointer is not None and _same(reply.message, state.entries[pointer]):
-        return
-    mark = fingerprint(reply.message)
+    answer = reply.message if reply is not None else None
+    pointer: int | None = None
+    if event.history == "delta":
+        planned = [(_entry(message, occurred), fingerprint(message)) for message in messages]
+    else:
+        request = _Request(messages, state.entries, state.fingerprints)
+        added, pointer = request.plan(answer)
+        planned = [(_entry(messages[i], occurred), request.mark(i)) for i in added]
+    if response is None or reply is None or answer is None:
+        return planned
+    if pointer is not None and _same(answer, state.entries[pointer]):
+        return planned
+    mark = fingerprint(answer)
     if pointer is not None and state.fingerprints[pointer] == mark:
-        return
+        return planned
     created = (
         datetime.fromtimestamp(response.created, UTC) if response.created is not None else occurred
     )
-    _append(state, reply.message, mark, created, _reply_properties(event, response, reply))
-
-
-def _apply_full(
-    state: ConversationState, messages: list[events.Message], occurred: datetime
-) -> int | None:
-    """Appends what a `full` request adds; returns where the walk stopped, if inside the history."""
-    known = state.fingerprints
-    end = len(known)
-    request = _Request(messages, state.entries, known)
-    tail = request.aligned_tail()
-    if tail is not None:
-        start, stop = tail
-        fresh = [i for i in range(start) if not request.is_known(i)]
-        for i in [*fresh, *range(stop, len(messages))]:
-            _append(state, messages[i], request.mark(i), occurred)
-        return None
-    pointer = 0
-    for i, message in enumerate(messages):
-        if pointer < end and request.matches(i, pointer):
-            pointer += 1
-            continue
-        mark = request.mark(i)
-        try:
-            pointer = known.index(mark, pointer, end) + 1
-        except ValueError:
-            _append(state, message, mark, occurred)
-    return pointer if pointer < end else None
+    planned.append((_entry(answer, created, _reply_properties(event, response, reply)), mark))
+    return planned
 
 
 def _reply_properties(
@@ -270,6 +258,10 @@ def _reply_properties(
     return found
 
 
+_QUICK_TRIES = 2
+"""Candidate ends tried by direct comparison before the linear search takes over."""
+
+
 class _Request:
     """A `full` request's messages against the known history, fingerprinted only where needed.
 
@@ -277,9 +269,11 @@ class _Request:
     with the very entry it was made from, which `_same` confirms cheaply; so
     fingerprints are computed for the new messages (which need one to be stored)
     and where `_same` cannot decide. Every answer is the one fingerprints give.
+    Every search is linear or n log n in the request and the known history, whatever
+    their shape: indexes of the known fingerprints are built once, when first needed.
     """
 
-    __slots__ = ("entries", "known", "marks", "messages")
+    __slots__ = ("_positions", "_set", "entries", "known", "marks", "messages")
 
     def __init__(
         self, messages: list[events.Message], entries: list[Entry], known: list[int]
@@ -288,6 +282,41 @@ class _Request:
         self.entries = entries
         self.known = known
         self.marks: list[int | None] = [None] * len(messages)
+        self._set: set[int] | None = None
+        self._positions: dict[int, list[int]] | None = None
+
+    def plan(self, reply: events.Message | None) -> tuple[list[int], int | None]:
+        """Indexes of the messages to append, and where the walk stopped if inside the history."""
+        tail = self.aligned_tail()
+        if tail is None:
+            return self.walk()
+        if reply is not None and fingerprint(reply) in self.known_set():
+            added, pointer = self.walk()
+            if not added and pointer is not None and self._resent(reply, pointer):
+                return [], pointer
+        start, stop = tail
+        fresh = [i for i in range(start) if not self.is_known(i)]
+        return [*fresh, *range(stop, len(self.messages))], None
+
+    def _resent(self, reply: events.Message, pointer: int) -> bool:
+        return _same(reply, self.entries[pointer]) or self.known[pointer] == fingerprint(reply)
+
+    def walk(self) -> tuple[list[int], int | None]:
+        """The general alignment: each message is found at or after the pointer, or is new."""
+        end = len(self.known)
+        pointer = 0
+        added: list[int] = []
+        for i in range(len(self.messages)):
+            if pointer < end:
+                if self.matches(i, pointer):
+                    pointer += 1
+                    continue
+                found = self.find(self.mark(i), pointer)
+                if found is not None:
+                    pointer = found + 1
+                    continue
+            added.append(i)
+        return added, pointer if pointer < end else None
 
     def mark(self, index: int) -> int:
         mark = self.marks[index]
@@ -305,6 +334,23 @@ class _Request:
             mark = self.marks[index] = fingerprint(message)
         return mark == self.known[position]
 
+    def known_set(self) -> set[int]:
+        if self._set is None:
+            self._set = set(self.known)
+        return self._set
+
+    def find(self, mark: int, start: int) -> int | None:
+        """The first known position at or after `start` with fingerprint `mark`."""
+        if self._positions is None:
+            self._positions = {}
+            for position, known in enumerate(self.known):
+                self._positions.setdefault(known, []).append(position)
+        positions = self._positions.get(mark)
+        if positions is None:
+            return None
+        at = bisect_left(positions, start)
+        return positions[at] if at < len(positions) else None
+
     def is_known(self, index: int) -> bool:
         """Whether message `index` has the fingerprint of any known entry.
 
@@ -312,7 +358,7 @@ class _Request:
         """
         if self.marks[index] is None and index < len(self.known) and self.matches(index, index):
             return True
-        return self.mark(index) in self.known
+        return self.mark(index) in self.known_set()
 
     def aligned_tail(self) -> tuple[int, int] | None:
         """`(start, stop)` when messages `start:stop` are the end of the known history, or None.
@@ -321,6 +367,10 @@ class _Request:
         system messages at the front. Anchoring on the end of the known history, not
         on the first equal message, keeps a repeated turn ("hi" again) from being
         taken for an old one when the history is trimmed.
+
+        The usual shapes are settled by comparing the first candidate ends directly;
+        past that, the largest end comes from a prefix-function (KMP) search of the
+        request's non-system part against the end of the known history.
         """
         end = len(self.known)
         if not end:
@@ -329,16 +379,55 @@ class _Request:
         front = 0
         while front < len(messages) and messages[front].role in ("system", "developer"):
             front += 1
+        tries = 0
         for stop in range(len(messages), 0, -1):
             if not self.matches(stop - 1, end - 1):
                 continue
-            shift = end - stop
-            start = stop - 1
-            while start > 0 and start + shift > 0 and self.matches(start - 1, start - 1 + shift):
-                start -= 1
+            start = self._start(stop, stop - 1)
             if start <= front:
                 return start, stop
+            tries += 1
+            if tries >= _QUICK_TRIES:
+                break
+        else:
+            return None
+        length = self._longest_known_suffix(front)
+        if length:
+            stop = front + length
+            return self._start(stop, front), stop
+        for stop in range(min(front, len(messages)), 0, -1):
+            if self.matches(stop - 1, end - 1):
+                return self._start(stop, stop - 1), stop
         return None
+
+    def _start(self, stop: int, start: int) -> int:
+        """Extends a match of messages `start:stop` with the end of the known history backwards."""
+        shift = len(self.known) - stop
+        while start > 0 and start + shift > 0 and self.matches(start - 1, start - 1 + shift):
+            start -= 1
+        return start
+
+    def _longest_known_suffix(self, front: int) -> int:
+        """The largest k such that messages `front:front+k` are the last k known entries."""
+        pattern = [self.mark(i) for i in range(front, len(self.messages))]
+        if not pattern:
+            return 0
+        fallback = [0] * len(pattern)
+        k = 0
+        for i in range(1, len(pattern)):
+            while k and pattern[i] != pattern[k]:
+                k = fallback[k - 1]
+            if pattern[i] == pattern[k]:
+                k += 1
+            fallback[i] = k
+        k = 0
+        known = self.known
+        for mark in known[max(0, len(known) - len(pattern)) :]:
+            while k and (k == len(pattern) or mark != pattern[k]):
+                k = fallback[k - 1]
+            if mark == pattern[k]:
+                k += 1
+        return k
 
 
 def _same(message: events.Message, entry: Entry) -> bool:
@@ -472,13 +561,11 @@ def to_payload(state: ConversationState) -> payload.Conversation:
     )
 
 
-def _append(
-    state: ConversationState,
+def _entry(
     message: events.Message,
-    mark: int,
     created: datetime,
     extra: dict[str, Any] | None = None,
-) -> None:
+) -> Entry:
     properties = dict(extra) if extra else {}
     if message.role == "developer":
         properties["openai_role"] = "developer"
@@ -502,18 +589,15 @@ def _append(
             calls.append(_tool_call(call))
             if call.function is None or call.type != "function":
                 properties.setdefault("tool_call_types", {})[call.id] = call.type
-    state.entries.append(
-        Entry(
-            role=message.role,
-            content=content,
-            created_at=created,
-            name=message.name,
-            tool_calls=calls,
-            tool_call_id=message.tool_call_id,
-            properties=properties or None,
-        )
+    return Entry(
+        role=message.role,
+        content=content,
+        created_at=created,
+        name=message.name,
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+        properties=properties or None,
     )
-    state.fingerprints.append(mark)
 
 
 def _reply_fields(message: events.Message, properties: dict[str, Any]) -> None:
