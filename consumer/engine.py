@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from consumer import events, payload, state
-from consumer.errors import Rejected
+from consumer import changelog, events, payload, state
+from consumer.errors import Rejected, StateError
 from consumer.fit import fit
 
 
@@ -112,13 +112,40 @@ class Checkpoint(msgspec.Struct, frozen=True):
 
 
 class _Done(msgspec.Struct, gc=False):
-    """A completed conversation kept compact: its compressed state record and what expiry needs."""
+    """A completed conversation kept compact: its compressed state record and what expiry needs.
+
+    The blob is also its consolidated state-topic record, made once at completion.
+    """
 
     blob: bytes
     completed_at: float
     last_offset: int
     acked_count: int
     seq: int
+
+
+class _Log(msgspec.Struct, gc=False):
+    """What the state topic's log of a conversation holds (see `consumer.changelog`).
+
+    `unsaved` keeps the event keys a completion took out of the live seen set
+    before a checkpoint wrote them, for a continuation that resumes this log.
+    """
+
+    epoch: int
+    segments: int = 0
+    entries: int = 0
+    seen: int = 0
+    unsaved: list[int] = msgspec.field(default_factory=list)
+
+
+class _Restoring:
+    """State-topic records as read, last per key, until they are assembled into conversations."""
+
+    __slots__ = ("heads", "segments")
+
+    def __init__(self) -> None:
+        self.heads: dict[str, changelog.LogRecord | state.Record | _Done | None] = {}
+        self.segments: dict[str, dict[int, changelog.Segment | None]] = {}
 
 
 class PartitionEngine:
@@ -137,6 +164,11 @@ class PartitionEngine:
         self._held: dict[str, None] = {}
         """Conversations with a flush in flight or pending."""
         self._changed: dict[str, None] = {}
+        self._logs: dict[str, _Log] = {}
+        """The state-topic log of each conversation that has one not yet consolidated."""
+        self._sweep: list[bytes] = []
+        """Segment keys no head names (left by a crash): tombstoned at the next checkpoint."""
+        self._read: _Restoring | None = None
         self._covers: int | None = None
         self._restoring = False
         self.duplicates = 0
@@ -144,47 +176,91 @@ class PartitionEngine:
 
     @property
     def open_count(self) -> int:
+        self._assemble()
         return len(self._open)
 
     @property
     def in_flight_count(self) -> int:
+        self._assemble()
         return sum(1 for cid in self._held if self._open[cid].in_flight)
 
     @property
     def conversation_count(self) -> int:
+        self._assemble()
         return len(self._open) + len(self._done)
 
     def restore(self, key: bytes, value: bytes | None, now: float) -> None:  # noqa: ARG002
         """Takes one state-topic record, in topic order; a later record replaces an earlier one.
 
-        Until `restored()`, flushes are deferred: events replayed meanwhile are ones
+        Records are decoded here (an unreadable one raises `StateError` at once) and
+        assembled into conversations before the engine is next used, when every
+        segment a head names must be there (`StateError` otherwise). Until
+        `restored()`, flushes are deferred: events replayed meanwhile are ones
         the previous owner may already have flushed, and a flush from a state not yet
         caught up would overwrite its newer body with an older one.
         """
         self._restoring = True
-        cid = key.decode()
-        self._open.pop(cid, None)
-        self._done.pop(cid, None)
-        self._markers.pop(cid, None)
-        self._held.pop(cid, None)
-        if value is None:
+        if self._read is None:
+            self._read = _Restoring()
+        cid, index = changelog.parse_key(key)
+        record = None if value is None else changelog.decode(value)
+        if index is None:
+            if isinstance(record, changelog.Segment):
+                raise StateError(f"state record of conversation {cid!r}: a segment at its head key")
+            if isinstance(record, state.ConversationState) and record.complete:
+                assert value is not None
+                self._read.heads[cid] = _Done(
+                    value if value[:1] == b"Z" else state.encode_record(record, compress=True),
+                    record.completed_at or 0.0,
+                    record.last_offset,
+                    record.acked_count,
+                    record.seq,
+                )
+            else:
+                self._read.heads[cid] = record
             return
-        record = state.decode_record(value)
-        if isinstance(record, state.Marker):
-            self._markers[cid] = record
-        elif record.complete:
-            blob = value if value[:1] == b"Z" else state.encode_record(record, compress=True)
-            self._done[cid] = _Done(
-                blob,
-                record.completed_at or 0.0,
-                record.last_offset,
-                record.acked_count,
-                record.seq,
-            )
-        else:
-            self._open[cid] = record
-            if record.in_flight or record.pending is not None:
-                self._held[cid] = None
+        if record is not None and not isinstance(record, changelog.Segment):
+            raise StateError(f"state record of conversation {cid!r}: segment {index} is no segment")
+        self._read.segments.setdefault(cid, {})[index] = record
+
+    def _assemble(self) -> None:
+        """Turns the records read by `restore()` into conversations; see `consumer.changelog`."""
+        read = self._read
+        if read is None:
+            return
+        self._read = None
+        for cid, record in read.heads.items():
+            self._open.pop(cid, None)
+            self._done.pop(cid, None)
+            self._markers.pop(cid, None)
+            self._held.pop(cid, None)
+            self._logs.pop(cid, None)
+            segments = read.segments.pop(cid, {})
+            named = 0
+            if isinstance(record, _Done):
+                self._done[cid] = record
+            elif isinstance(record, state.Marker):
+                self._markers[cid] = record
+            elif record is not None:
+                if isinstance(record, changelog.Head):
+                    present = {i: s for i, s in segments.items() if s is not None}
+                    conv = changelog.assemble(record, present)
+                    named = record.segments
+                    self._logs[cid] = _Log(record.epoch, named, record.entries, record.seen)
+                else:
+                    assert isinstance(record, state.ConversationState)
+                    conv = record
+                    conv.seen = state.SeenKeys(conv.seen)
+                self._open[cid] = conv
+                if conv.in_flight or conv.pending is not None:
+                    self._held[cid] = None
+            self._sweep += [
+                changelog.segment_key(cid, i)
+                for i, s in segments.items()
+                if s is not None and i >= named
+            ]
+        for cid, segments in read.segments.items():
+            self._sweep += [changelog.segment_key(cid, i) for i, s in segments.items() if s]
 
     def restored(self, now: float) -> list[Decision]:
         """Rebuilds the schedules; issues what was due or in flight when state was written.
@@ -194,6 +270,7 @@ class PartitionEngine:
         assignment (every flush due meanwhile is issued here, whole). Without a
         `restore()` before it there is nothing to do.
         """
+        self._assemble()
         if not self._restoring:
             return []
         self._restoring = False
@@ -216,6 +293,7 @@ class PartitionEngine:
 
     def is_duplicate(self, event: events.Event, offset: int) -> bool:
         """Whether `apply` would ignore the event (same event id, or an offset already applied)."""
+        self._assemble()
         cid = event.conversation_id
         key = state.event_key(event.event_id)
         conv = self._open.get(cid)
@@ -229,6 +307,7 @@ class PartitionEngine:
 
     def apply(self, event: events.Event, offset: int, now: float) -> list[Decision]:
         """Applies one event at input `offset`; a `conversation.ended` flushes at once."""
+        self._assemble()
         self.skip(offset)
         cid = event.conversation_id
         key = state.event_key(event.event_id)
@@ -259,12 +338,14 @@ class PartitionEngine:
 
     def due(self, now: float) -> list[Decision]:
         """Idle and max-open flushes that are due; expires completed state past retention."""
+        self._assemble()
         decisions = self._idle(now) + self._overdue(now)
         self._expire(now)
         return decisions
 
     def flush_open(self, trigger: Trigger, now: float) -> list[Decision]:
         """An interim flush of every open conversation with changes not yet flushed."""
+        self._assemble()
         decisions: list[Decision] = []
         for conv in list(self._open.values()):
             if conv.dirty:
@@ -273,6 +354,7 @@ class PartitionEngine:
 
     def shed(self, count: int, now: float) -> list[Decision]:
         """Completes the `count` least recently active open conversations early."""
+        self._assemble()
         decisions: list[Decision] = []
         for _ in range(min(count, len(self._active))):
             cid = next(iter(self._active))
@@ -288,23 +370,73 @@ class PartitionEngine:
         return self._settle(conversation_id, seq, now, acked=False)
 
     def checkpoint(self) -> Checkpoint:
-        records: list[tuple[bytes, bytes | None]] = []
+        """The records of what changed since the last checkpoint, in the order they must go.
+
+        Per conversation: an open one's new segment (if anything was appended) then its
+        head; otherwise the record at its head key (consolidated state, marker or
+        tombstone) then tombstones for the segments that head no longer names. Stray
+        segments left by a crash are tombstoned first, before any segment is written.
+        """
+        self._assemble()
+        records: list[tuple[bytes, bytes | None]] = [(key, None) for key in self._sweep]
+        self._sweep = []
         for cid in self._changed:
             conv = self._open.get(cid)
+            if conv is not None:
+                self._log_records(conv, records)
+                continue
             done = self._done.get(cid)
             marker = self._markers.get(cid)
             value: bytes | None = None
-            if conv is not None:
-                value = state.encode_record(conv)
-            elif done is not None:
+            if done is not None:
                 value = done.blob
             elif marker is not None:
                 value = state.encode_record(marker)
-            records.append((cid.encode(), value))
+            records.append((changelog.head_key(cid), value))
+            log = self._logs.pop(cid, None)
+            if log is not None:
+                records += [(changelog.segment_key(cid, i), None) for i in range(log.segments)]
         self._changed.clear()
         held = (self._open[cid].unacked_from for cid in self._held)
         hold = min((offset for offset in held if offset is not None), default=None)
         return Checkpoint(records=records, covers=self._covers, hold=hold)
+
+    def _log_records(
+        self, conv: state.ConversationState, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Appends an open conversation's new segment, if any, and its head."""
+        cid = conv.id
+        seen = conv.seen
+        if not isinstance(seen, state.SeenKeys):
+            raise TypeError("an open conversation's seen set must be a state.SeenKeys")
+        log = self._logs.get(cid)
+        if log is None:
+            log = self._logs[cid] = _Log(conv.last_offset)
+            seen.take()
+            fresh = list(seen)
+        else:
+            fresh = log.unsaved + seen.take() if log.unsaved else seen.take()
+            log.unsaved = []
+        start = log.entries
+        end = len(conv.entries)
+        if end < start:
+            raise StateError(f"the history of conversation {cid!r} shrank: it is append-only")
+        if end > start or fresh:
+            segment = changelog.Segment(
+                log.epoch,
+                log.segments,
+                start,
+                conv.entries[start:],
+                conv.fingerprints[start:],
+                fresh,
+            )
+            records.append((changelog.segment_key(cid, log.segments), changelog.encode(segment)))
+            log.segments += 1
+            log.entries = end
+            log.seen += len(fresh)
+        records.append(
+            (changelog.head_key(cid), changelog.head(conv, log.epoch, log.segments, log.seen))
+        )
 
     def _reopen(
         self, cid: str, key: int, offset: int, now: float
@@ -319,6 +451,10 @@ class PartitionEngine:
             if key in conv.seen:
                 return None
             del self._done[cid]
+            conv.seen = seen = state.SeenKeys(conv.seen)
+            log = self._logs.get(cid)
+            if log is not None:  # Completed since the last checkpoint: its log goes on.
+                seen.fresh, log.unsaved = log.unsaved, []
             conv.complete = False
             conv.completed_at = None
             conv.opened_at = now
@@ -441,6 +577,7 @@ class PartitionEngine:
         return [refusal]
 
     def _settle(self, cid: str, seq: int, now: float, *, acked: bool) -> list[Decision]:
+        self._assemble()
         conv = self._open.get(cid)
         if conv is None or not conv.in_flight or conv.in_flight != seq:
             return []
@@ -460,7 +597,11 @@ class PartitionEngine:
         return []
 
     def _complete(self, conv: state.ConversationState, now: float) -> None:
+        """Consolidates: the compressed whole state replaces the log at the next checkpoint."""
         cid = conv.id
+        log = self._logs.get(cid)
+        if log is not None and isinstance(conv.seen, state.SeenKeys):
+            log.unsaved += conv.seen.take()
         conv.complete = True
         conv.closing = False
         conv.completed_at = now

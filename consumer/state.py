@@ -14,6 +14,7 @@ fingerprint below changes what the persisted fingerprints mean: that needs a new
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any
@@ -36,6 +37,28 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
     tool_calls: list[payload.ToolCall] | None = None
     tool_call_id: str | None = None
     properties: dict[str, Any] | None = None
+
+
+class SeenKeys(set[int]):
+    """The seen set, also listing the keys added since a checkpoint last took them.
+
+    So a checkpoint writes only the new event keys, without a second copy of the set.
+    """
+
+    __slots__ = ("fresh",)
+
+    def __init__(self, keys: Iterable[int] = ()) -> None:
+        super().__init__(keys)
+        self.fresh: list[int] = []
+
+    def add(self, key: int) -> None:
+        if key not in self:
+            super().add(key)
+            self.fresh.append(key)
+
+    def take(self) -> list[int]:
+        fresh, self.fresh = self.fresh, []
+        return fresh
 
 
 class Meta(msgspec.Struct, array_like=True, gc=False):
@@ -64,7 +87,7 @@ class ConversationState(msgspec.Struct, array_like=True, tag="c1", gc=False):
     last_event_at: float
     entries: list[Entry] = msgspec.field(default_factory=list)
     fingerprints: list[int] = msgspec.field(default_factory=list)
-    seen: set[int] = msgspec.field(default_factory=set)
+    seen: set[int] = msgspec.field(default_factory=SeenKeys)
     meta: Meta = msgspec.field(default_factory=Meta)
     created_at: datetime | None = None
     updated_at: datetime | None = None
