@@ -36,11 +36,15 @@ SEPARATOR = b"\xff"
 class Head(msgspec.Struct, array_like=True, tag="h1", gc=False):
     """An open conversation's bookkeeping and how much its log holds.
 
-    `epoch` is the input offset the log started at: segments of an earlier log of
-    the same conversation never pass for this one's.
+    Its segments are `first` to `first + segments - 1`. `epoch` is the input offset
+    the log started at: segments of an earlier log of the same conversation never
+    pass for this one's. A log started while an earlier one is still named by the
+    head key numbers its segments after the earlier one's, so writing them never
+    overwrites a segment the head in the topic still names.
     """
 
     epoch: int
+    first: int
     segments: int
     entries: int
     seen: int
@@ -94,20 +98,21 @@ def decode(value: bytes) -> LogRecord | state.Record:
         raise StateError(f"unreadable state record: {exc}") from None
 
 
-def head(conv: state.ConversationState, epoch: int, segments: int, seen: int) -> bytes:
+def head(conv: state.ConversationState, epoch: int, first: int, segments: int, seen: int) -> bytes:
     bare = msgspec.structs.replace(conv, entries=[], fingerprints=[], seen=set())
-    return encode(Head(epoch, segments, len(conv.entries), seen, bare))
+    return encode(Head(epoch, first, segments, len(conv.entries), seen, bare))
 
 
 def assemble(head: Head, segments: dict[int, Segment]) -> state.ConversationState:
     """The conversation a head and its segments describe; `StateError` unless all are there."""
     conv = msgspec.structs.replace(head.state, entries=[], fingerprints=[], seen=state.SeenKeys())
     cid = conv.id
-    for index in range(head.segments):
+    for index in range(head.first, head.first + head.segments):
         segment = segments.get(index)
-        if segment is None or segment.epoch != head.epoch:
+        if segment is None or segment.epoch != head.epoch or segment.index != index:
             raise StateError(
-                f"state of conversation {cid!r} lacks segment {index} of {head.segments}"
+                f"state of conversation {cid!r} lacks segment {index} "
+                f"of {head.first}-{head.first + head.segments - 1}"
             )
         if segment.start != len(conv.entries) or len(segment.fingerprints) != len(segment.entries):
             raise StateError(f"state of conversation {cid!r}: segment {index} does not follow")

@@ -129,13 +129,22 @@ class _Log(msgspec.Struct, gc=False):
 
     `unsaved` keeps the event keys a completion took out of the live seen set
     before a checkpoint wrote them, for a continuation that resumes this log.
+    `retired` are the segments of an earlier log the head key names until this
+    log's first head replaces it: tombstoned right after that head.
     """
 
     epoch: int
+    first: int = 0
     segments: int = 0
     entries: int = 0
     seen: int = 0
     unsaved: list[int] = msgspec.field(default_factory=list)
+    retired: range = range(0)
+
+    def keys(self, cid: str) -> list[bytes]:
+        """The keys of every segment this log and the one it retires wrote."""
+        named = range(self.first, self.first + self.segments)
+        return [changelog.segment_key(cid, i) for r in (self.retired, named) for i in r]
 
 
 class _Restoring:
@@ -236,7 +245,7 @@ class PartitionEngine:
             self._held.pop(cid, None)
             self._logs.pop(cid, None)
             segments = read.segments.pop(cid, {})
-            named = 0
+            named = range(0)
             if isinstance(record, _Done):
                 self._done[cid] = record
             elif isinstance(record, state.Marker):
@@ -245,8 +254,10 @@ class PartitionEngine:
                 if isinstance(record, changelog.Head):
                     present = {i: s for i, s in segments.items() if s is not None}
                     conv = changelog.assemble(record, present)
-                    named = record.segments
-                    self._logs[cid] = _Log(record.epoch, named, record.entries, record.seen)
+                    named = range(record.first, record.first + record.segments)
+                    self._logs[cid] = _Log(
+                        record.epoch, record.first, record.segments, record.entries, record.seen
+                    )
                 else:
                     assert isinstance(record, state.ConversationState)
                     conv = record
@@ -257,7 +268,7 @@ class PartitionEngine:
             self._sweep += [
                 changelog.segment_key(cid, i)
                 for i, s in segments.items()
-                if s is not None and i >= named
+                if s is not None and i not in named
             ]
         for cid, segments in read.segments.items():
             self._sweep += [changelog.segment_key(cid, i) for i, s in segments.items() if s]
@@ -395,7 +406,7 @@ class PartitionEngine:
             records.append((changelog.head_key(cid), value))
             log = self._logs.pop(cid, None)
             if log is not None:
-                records += [(changelog.segment_key(cid, i), None) for i in range(log.segments)]
+                records += [(key, None) for key in log.keys(cid)]
         self._changed.clear()
         held = (self._open[cid].unacked_from for cid in self._held)
         hold = min((offset for offset in held if offset is not None), default=None)
@@ -422,21 +433,28 @@ class PartitionEngine:
         if end < start:
             raise StateError(f"the history of conversation {cid!r} shrank: it is append-only")
         if end > start or fresh:
+            index = log.first + log.segments
             segment = changelog.Segment(
                 log.epoch,
-                log.segments,
+                index,
                 start,
                 conv.entries[start:],
                 conv.fingerprints[start:],
                 fresh,
             )
-            records.append((changelog.segment_key(cid, log.segments), changelog.encode(segment)))
+            records.append((changelog.segment_key(cid, index), changelog.encode(segment)))
             log.segments += 1
             log.entries = end
             log.seen += len(fresh)
         records.append(
-            (changelog.head_key(cid), changelog.head(conv, log.epoch, log.segments, log.seen))
+            (
+                changelog.head_key(cid),
+                changelog.head(conv, log.epoch, log.first, log.segments, log.seen),
+            )
         )
+        if log.retired:
+            records += [(changelog.segment_key(cid, i), None) for i in log.retired]
+            log.retired = range(0)
 
     def _reopen(
         self, cid: str, key: int, offset: int, now: float
@@ -472,6 +490,12 @@ class PartitionEngine:
             )
         else:
             conv = state.ConversationState(id=cid, opened_at=now, last_event_at=now)
+        old = None if done is not None else self._logs.get(cid)
+        if old is not None:
+            # The head key still names an earlier incarnation's log (no checkpoint since).
+            after = old.first + old.segments
+            begin = old.retired.start if old.retired else old.first
+            self._logs[cid] = _Log(offset, first=after, retired=range(begin, after))
         self._open[cid] = conv
         return conv
 

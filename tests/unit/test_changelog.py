@@ -98,6 +98,20 @@ OPS = st.lists(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPS)
+@example(  # Expired to a marker and reopened before a checkpoint: a new log, numbered after.
+    [
+        ("event", "a", "turn"),
+        ("tick", 50),
+        ("restart", False),
+        ("ack", 0),
+        ("tick", 80),
+        ("tick", 120),
+        ("event", "a", "turn"),
+        ("checkpoint", 2, True),
+        ("event", "a", "turn"),
+        ("restart", True),
+    ]
+)
 @example(  # A continuation before the checkpoint after the completion: the log goes on.
     [
         ("event", "a", "turn"),
@@ -209,7 +223,7 @@ def test_a_missing_segment_is_a_state_error_not_a_partial_history():
     engine.apply(event("c", 6, "turn"), 6, now)
     log += engine.checkpoint().records
     without = [(k, v) for k, v in log if k != changelog.segment_key("c", 0)]
-    with pytest.raises(StateError, match="lacks segment 0 of 2"):
+    with pytest.raises(StateError, match="lacks segment 0 of 0-1"):
         restore(without).restored(now)
 
 
