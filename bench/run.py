@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+import state as state_phase  # noqa: E402
 import straightforward  # noqa: E402
 from harness import (  # noqa: E402
     BENCH,
@@ -59,7 +60,7 @@ from consumer import payload, workload  # noqa: E402
 from consumer.localkafka import KafkaCluster, free_ports  # noqa: E402
 from consumer.settings import Settings  # noqa: E402
 
-PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "memory")
+PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "memory", "state")
 EXTRA_PHASES = ("inline",)
 """Run only when named: the straightforward implementation awaiting each post in place."""
 MB = 1024 * 1024
@@ -636,6 +637,19 @@ async def run(args: argparse.Namespace) -> int:
         known = ", ".join(PHASES + EXTRA_PHASES)
         print(f"unknown phases: {', '.join(sorted(unknown))}; choose from {known}")
         return 2
+    figures: dict[str, Any] = {}
+    if "state" in phases:  # Engine-level: no broker, no sink (bench/state.py).
+        print("state phase (engine-level, no broker) ...", flush=True)
+        figures["state"] = state_phase.measure(
+            state_phase.parser().parse_args(
+                ["--seed", str(args.seed), "--restore-conversations", str(args.state_restore)]
+            )
+        )
+        phases.remove("state")
+        if not phases:
+            if args.json:
+                Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+            return 0
     cluster = None
     if args.bootstrap_servers:
         bootstrap = args.bootstrap_servers
@@ -647,6 +661,7 @@ async def run(args: argparse.Namespace) -> int:
     sink = Sink(work)
     offsets = Offsets(bootstrap)
     bench = Bench(args, bootstrap, sink, offsets, work)
+    bench.results.update(figures)
     if cluster is not None and cluster.nodes[0].process is not None:
         bench.broker_pid = cluster.nodes[0].process.pid
     began = time.monotonic()
@@ -703,6 +718,7 @@ def main() -> int:
     add("--latency-rate", type=float, default=0.0, help="events/s (default: half the worker's)")
     add("--latency-seconds", type=float, default=30.0, help="length of the paced run")
     add("--open-conversations", type=int, default=100_000, help="for the memory phase")
+    add("--state-restore", type=int, default=10_000, help="open conversations, state phase")
     add("--sink-requests", type=int, default=20_000, help="requests in the sink-alone phase")
     add(
         "--set",
