@@ -629,6 +629,16 @@ def self_time_table(path: Path, rows: int = 25) -> str:
     return "\n".join(lines)
 
 
+def phase_state(args: argparse.Namespace, phases: list[str]) -> dict[str, Any]:
+    """The engine-level state phase (bench/state.py): no broker, no sink. Takes it off `phases`."""
+    if "state" not in phases:
+        return {}
+    phases.remove("state")
+    print("state phase (engine-level, no broker) ...", flush=True)
+    options = ["--seed", str(args.seed), "--restore-conversations", str(args.state_restore)]
+    return {"state": state_phase.measure(state_phase.parser().parse_args(options))}
+
+
 async def run(args: argparse.Namespace) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="inkeep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -637,19 +647,11 @@ async def run(args: argparse.Namespace) -> int:
         known = ", ".join(PHASES + EXTRA_PHASES)
         print(f"unknown phases: {', '.join(sorted(unknown))}; choose from {known}")
         return 2
-    figures: dict[str, Any] = {}
-    if "state" in phases:  # Engine-level: no broker, no sink (bench/state.py).
-        print("state phase (engine-level, no broker) ...", flush=True)
-        figures["state"] = state_phase.measure(
-            state_phase.parser().parse_args(
-                ["--seed", str(args.seed), "--restore-conversations", str(args.state_restore)]
-            )
-        )
-        phases.remove("state")
-        if not phases:
-            if args.json:
-                Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-            return 0
+    figures = phase_state(args, phases)
+    if not phases:
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return 0
     cluster = None
     if args.bootstrap_servers:
         bootstrap = args.bootstrap_servers
