@@ -629,17 +629,18 @@ def self_time_table(path: Path, rows: int = 25) -> str:
     return "\n".join(lines)
 
 
-def phase_state(args: argparse.Namespace, phases: list[str]) -> dict[str, Any]:
-    """The engine-level state phase (bench/state.py): no broker, no sink. Takes it off `phases`."""
+def phase_state(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine-level state phase (bench/state.py): no broker, no sink. Takes it off the list."""
+    phases = [p.strip() for p in args.phases.split(",")]
     if "state" not in phases:
         return {}
-    phases.remove("state")
+    args.phases = ",".join(p for p in phases if p != "state")
     print("state phase (engine-level, no broker) ...", flush=True)
     options = ["--seed", str(args.seed), "--restore-conversations", str(args.state_restore)]
     return {"state": state_phase.measure(state_phase.parser().parse_args(options))}
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, figures: dict[str, Any]) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="inkeep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -647,11 +648,6 @@ async def run(args: argparse.Namespace) -> int:
         known = ", ".join(PHASES + EXTRA_PHASES)
         print(f"unknown phases: {', '.join(sorted(unknown))}; choose from {known}")
         return 2
-    figures = phase_state(args, phases)
-    if not phases:
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        return 0
     cluster = None
     if args.bootstrap_servers:
         bootstrap = args.bootstrap_servers
@@ -737,7 +733,13 @@ def main() -> int:
     add("--work-dir", default=None, help="keep logs and profiles here")
     add("--keep", action="store_true", help="keep the temporary directory")
     add("--json", default=None, help="also write the figures to this file")
-    return asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    figures = phase_state(args)
+    if figures and not args.phases:
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return 0
+    return asyncio.run(run(args, figures))
 
 
 if __name__ == "__main__":
