@@ -15,7 +15,8 @@ fastest of `--repeat` runs, since a shared machine only ever adds time).
 
 Restore: a state partition holding N open conversations of 100 events each, written
 as the log layout writes them (a checkpoint every 10 events: 10 segments and a head),
-restored into a fresh engine: seconds and resident memory added.
+restored into a fresh engine: seconds and resident memory added. Retained: the same
+for completed conversations (10 turns, consolidated) and for markers, per conversation.
 """
 
 from __future__ import annotations
@@ -173,6 +174,32 @@ def restore(count: int, seed: int) -> dict[str, Any]:
     }
 
 
+def retained(count: int, seed: int) -> dict[str, Any]:
+    """Restore cost and memory of completed conversations and of markers, per conversation."""
+    sample = [events.decode_event(v) for v in conversations(10, 1, "full-trimmed", seed)[0]]
+    engine = PartitionEngine(EngineConfig())
+    for offset, event in enumerate(sample):
+        for flush in engine.apply(event, offset, 0.0):
+            assert isinstance(flush, Flush)
+            engine.acknowledged(flush.conversation_id, flush.seq, 0.0)
+    blob = next(v for k, v in engine.checkpoint().records if v and v[:1] == b"Z")
+    marker = state.encode_record(state.Marker("x", 21, 3, 10**9, 1.7e9))
+    figures: dict[str, Any] = {"completed_record_bytes": len(blob), "marker_bytes": len(marker)}
+    for kind, value in (("completed", blob), ("marker", marker)):
+        gc.collect()
+        before = rss()
+        started = time.perf_counter()
+        fresh = PartitionEngine(EngineConfig())
+        for n in range(count):
+            fresh.restore(f"conv_{n:024x}".encode(), value, 0.0)
+        fresh.restored(0.0)
+        seconds = time.perf_counter() - started
+        figures[f"{kind}_restore_us"] = 1e6 * seconds / count
+        figures[f"{kind}_rss_bytes"] = (rss() - before) / count
+        del fresh
+    return figures
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     header = (
         "  events  history        state/input  whole/input  engine µs/event  "
@@ -203,7 +230,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         f"+{restored['rss_added_mb']:.0f} MB resident",
         flush=True,
     )
-    return {"live": rows, "restore": restored}
+    kept = retained(args.retained, args.seed)
+    print(
+        f"retained: a completed conversation {kept['completed_record_bytes']} B on the topic, "
+        f"{kept['completed_rss_bytes']:.0f} B resident, {kept['completed_restore_us']:.0f} µs "
+        f"to restore; a marker {kept['marker_bytes']} B, {kept['marker_rss_bytes']:.0f} B, "
+        f"{kept['marker_restore_us']:.1f} µs",
+        flush=True,
+    )
+    return {"live": rows, "restore": restored, "retained": kept}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -212,6 +247,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest counts")
     p.add_argument("--restore-conversations", type=int, default=10_000)
+    p.add_argument("--retained", type=int, default=100_000, help="completed ones, and markers")
     p.add_argument("--json", default=None)
     return p
 
