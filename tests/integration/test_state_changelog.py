@@ -9,9 +9,12 @@ not be written yet), the worker up but not yet assigned (reading state back).
 
 from __future__ import annotations
 
+import aiohttp
 import msgspec
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from harness import (
+    API_KEY,
     Worker,
     all_logged,
     assert_matches,
@@ -28,7 +31,7 @@ from harness import (
     wait_for,
 )
 
-from consumer import changelog
+from consumer import changelog, payload
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +128,100 @@ async def test_kill_9_mid_log_mid_consolidation_and_mid_restore(kafka, emulator,
     assert segments(records) == {}
     for cid in names:
         assert (records[cid.encode()] or b"")[:1] == b"Z", cid
+
+
+PREVIOUS_RELEASE = {
+    b"up-open": bytes.fromhex(
+        "50dc0019a26331a775702d6f70656ecb408f400000000000cb408f5000000000009797a673797374656d"
+        "d92b596f7520616e73776572207175657374696f6e732061626f75742070726f647563742075702d6f70"
+        "656e2ed6ff6b040ea0c0c0c0c097a475736572d92a5b75702d6f70656e5d207175657374696f6e20303a"
+        "20686f7720646f204920646f207468696e6720303fd6ff6b040ea0c0c0c0c097a9617373697374616e74"
+        "d92a5b75702d6f70656e5d20616e7377657220303a206f70656e2073657474696e67732c207468656e20"
+        "302ed6ff6b040ea0c0c0c085a56d6f64656cb16770742d346f2d323032342d30382d3036ad66696e6973"
+        "685f726561736f6ea473746f70a5757361676583ad70726f6d70745f746f6b656e730ab1636f6d706c65"
+        "74696f6e5f746f6b656e7314ac746f74616c5f746f6b656e731ead636f6d706c6574696f6e5f6964b263"
+        "686174636d706c2d75702d6f70656e2d30aa6c6174656e63795f6d73cb408900000000000097a4757365"
+        "72d92a5b75702d6f70656e5d207175657374696f6e20313a20686f7720646f204920646f207468696e67"
+        "20313fd6ff6b040ea1c0c0c0c097a9617373697374616e74d92a5b75702d6f70656e5d20616e73776572"
+        "20313a206f70656e2073657474696e67732c207468656e20312ed6ff6b040ea1c0c0c085a56d6f64656c"
+        "b16770742d346f2d323032342d30382d3036ad66696e6973685f726561736f6ea473746f70a575736167"
+        "6583ad70726f6d70745f746f6b656e730ab1636f6d706c6574696f6e5f746f6b656e7314ac746f74616c"
+        "5f746f6b656e731ead636f6d706c6574696f6e5f6964b263686174636d706c2d75702d6f70656e2d31aa"
+        "6c6174656e63795f6d73cb408908000000000097a475736572d92a5b75702d6f70656e5d207175657374"
+        "696f6e20323a20686f7720646f204920646f207468696e6720323fd6ff6b040ea2c0c0c0c097a9617373"
+        "697374616e74d92a5b75702d6f70656e5d20616e7377657220323a206f70656e2073657474696e67732c"
+        "207468656e20322ed6ff6b040ea2c0c0c085a56d6f64656cb16770742d346f2d323032342d30382d3036"
+        "ad66696e6973685f726561736f6ea473746f70a5757361676583ad70726f6d70745f746f6b656e730ab1"
+        "636f6d706c6574696f6e5f746f6b656e7314ac746f74616c5f746f6b656e731ead636f6d706c6574696f"
+        "6e5f6964b263686174636d706c2d75702d6f70656e2d32aa6c6174656e63795f6d73cb40891000000000"
+        "0097cf7861f1e42d9130c9cf47353853bf9f5a2dcfc64b99a0b4b70fe0cf23ba139c990c456dcf7d0d2c"
+        "96576bfcedcf62d439c62902db5bcfc56abb9844539b4f93cf83d249b436849e1dcff16c908293a50647"
+        "cfc7da8a08099a74f999c0c0c0c0c081a47475726e02c091a474657374c0d6ff6b040ea0d6ff6b040ea2"
+        "c0c002c2c2c30000c000c00000c0c2"
+    ),
+    b"up-done": bytes.fromhex(
+        "5a7801bbc320b928d9707969816e4a7e5eea6987fe080610003232c08ca9d39715571697a4e6ded48ecc"
+        "2f5548cc2b2e4f2d52282c4d2d2ec9cccf2b56484cca2f2d512828ca4f294d2e51801aa377ed7f360bdf"
+        "820340307d4969716ad14dad68a8542c5caf82819542467eb9424abe82278828c9c8cc4b5730b047d2bb"
+        "32b1b838b3b82431af04d900a81b80daf30b52f3148a534b4a803a8b75802600b90608cb5b97e6e6a7a4"
+        "e66c4c2f28d135c9d735323032d135b0d035305b9b969997599c115f949a589c9fb7a4b824bf60696971"
+        "627a6af35aa04f720b4ae24bf2b353f38ab93626037939a920af428544d694e49724e64079726b911464"
+        "a66c4ace482c4906ead085fa56d760554e62496a5e72657c6ef169874e709032e00913436c6162080993"
+        "85e0f0c41b2640edd8c2c4101226200306419818a2860907249d9d3ff32be1f7db3b6b78ceafb4b70b91"
+        "b77990745e3f7fe1af456a3f569fdf94f36a8bd5d9a3fbcef74abcfdfac6287bc2e4f3ef177efec0b559"
+        "a3e67c23db71ada469971cce2fb2b2dd71a3d457632628980e342e29292dca633c3071490930a91e8024"
+        "2a30b9089eb6e10cd6c3870e31321c6038c07ae0c0210093644721"
+    ),
+}
+"""State the previous release (whole records) wrote after the first six events below."""
+
+
+async def test_state_of_the_previous_release_is_migrated_and_continued(
+    kafka, emulator, workers, tmp_path
+):
+    """An open and a completed conversation in today's whole format, offsets committed past
+    them: the new worker restores both, continues both, and logs each whole."""
+    bootstrap = kafka.bootstrap_servers
+    topic, group = fresh("chat"), fresh("g")
+    await create_topic(bootstrap, topic, 1)
+    await create_topic(bootstrap, f"{topic}.state", 1)
+    first = conversation("up-open", 3, ended=False) + conversation("up-done", 2, ended=True)
+    later = conversation("up-open", 3, start=3) + conversation("up-done", 2, start=2, minute=5)
+    expected = expected_bodies(first + later, tmp_path)
+    await produce(bootstrap, topic, first)
+    await produce(bootstrap, f"{topic}.state", list(PREVIOUS_RELEASE.items()))
+    # What the previous release did before it stopped: the completed one sent, six committed.
+    done = expected_bodies(first, tmp_path)["up-done"]
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            f"{emulator.url}/conversations",
+            data=payload.encode(done),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+        assert response.status == 200, await response.text()
+    await commit(bootstrap, group, topic, len(first))
+    await produce(bootstrap, topic, later)
+
+    worker = workers(bootstrap, topic, emulator, group=group).start()
+    await wait_for(lambda: all_logged(emulator, expected), 60, "both conversations logged whole")
+    await wait_for(lambda: committed_to_the_end(bootstrap, group, topic), 30, "commits to the end")
+    code, _ = await worker.terminate()
+    assert code == 0
+    assert_matches(emulator.conversations, expected)
+    history_only_grows(emulator)
+    records = await state_records(bootstrap, topic)
+    assert segments(records) == {}
+    assert {records[b"up-open"][:1], records[b"up-done"][:1]} == {b"Z"}  # type: ignore[index]
+
+
+async def commit(bootstrap: str, group: str, topic: str, offset: int) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: offset})
+    finally:
+        await consumer.stop()
