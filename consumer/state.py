@@ -2,10 +2,13 @@
 
 The state is the only source of a flush's body: the API replaces a conversation's
 whole message list on every upsert, so the state must hold the whole known history
-and survive the process. It is written (msgpack) to the co-partitioned state topic
-before the input offsets it covers are committed, and read back on assignment.
+and survive the process. It is written to the co-partitioned state topic before
+the input offsets it covers are committed, and read back on assignment: open
+conversations as a log of what each checkpoint appended (`consumer.changelog`),
+completed ones and markers as one whole record each (`encode_record` below, the
+format every release so far has written and read).
 
-Record values carry a one-byte format (`P` plain, `Z` zlib) and a versioned tag
+Whole records carry a one-byte format (`P` plain, `Z` zlib) and a versioned tag
 (`c1`, `m1`); an unknown format or tag raises `StateError` rather than being
 skipped, because skipping state would later send a partial history. Changing the
 fingerprint below changes what the persisted fingerprints mean: that needs a new tag.
