@@ -9,10 +9,13 @@ not be written yet), the worker up but not yet assigned (reading state back).
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import aiohttp
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from harness import (
     API_KEY,
     Worker,
@@ -32,6 +35,8 @@ from harness import (
 )
 
 from consumer import changelog, payload
+from consumer.engine import EngineConfig, Flush, PartitionEngine
+from consumer.events import decode_event
 
 pytestmark = pytest.mark.integration
 
@@ -214,14 +219,89 @@ async def test_state_of_the_previous_release_is_migrated_and_continued(
     assert {records[b"up-open"][:1], records[b"up-done"][:1]} == {b"Z"}  # type: ignore[index]
 
 
-async def commit(bootstrap: str, group: str, topic: str, offset: int) -> None:
+async def commit(bootstrap: str, group: str, topic: str, offset: int, partition: int = 0) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        tp = TopicPartition(topic, 0)
+        tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         await consumer.commit({tp: offset})
     finally:
         await consumer.stop()
+
+
+async def produce_to(
+    bootstrap: str, topic: str, partition: int, records: list[tuple[bytes, bytes | None]]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+
+
+def encoded(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes | None]]:
+    return [(e["conversation_id"].encode(), json.dumps(e).encode()) for e in events]
+
+
+async def test_a_checkpoint_cut_mid_log_and_mid_consolidation_restores_whole(
+    kafka, emulator, workers, tmp_path
+):
+    """What a worker killed mid-checkpoint leaves, exactly: partition 0 holds a new segment
+    whose head was never written, partition 1 a consolidated record whose segments were
+    never tombstoned; commits stand at the previous checkpoint. The next worker logs both
+    conversations whole."""
+    bootstrap = kafka.bootstrap_servers
+    topic, group = fresh("chat"), fresh("g")
+    await create_topic(bootstrap, topic, 2)
+    await create_topic(bootstrap, f"{topic}.state", 2)
+    a = conversation("cut-log", 7, history="delta")
+    b = conversation("cut-done", 2) + conversation("cut-done", 2, start=2, minute=5)
+    expected = expected_bodies(a + b, tmp_path)
+    dead = {0: PartitionEngine(EngineConfig()), 1: PartitionEngine(EngineConfig())}
+    state: dict[int, list[tuple[bytes, bytes | None]]] = {}
+    commits: dict[int, int] = {}
+    sent: list[bytes] = []
+    for partition, events, split, stop in ((0, a, 3, 5), (1, b, 2, 3)):
+        engine = dead[partition]
+        for offset, value in enumerate(events[:stop]):
+            if offset == split:
+                first = engine.checkpoint()
+                state[partition] = first.records
+                commits[partition] = first.covers or 0
+            for flush in engine.apply(decode_event(json.dumps(value).encode()), offset, 0.0):
+                assert isinstance(flush, Flush)
+                sent.append(flush.body)
+                engine.acknowledged(flush.conversation_id, flush.seq, 0.0)
+        cut = engine.checkpoint().records
+        state[partition] += cut[:1]  # The first record of the next checkpoint, then kill -9.
+    assert state[0][-1][0] == changelog.segment_key("cut-log", 1)
+    assert state[1][-1][1] is not None
+    assert state[1][-1][1][:1] == b"Z"
+    async with aiohttp.ClientSession() as session:  # What the dead worker's flushes did.
+        for body in sent:
+            async with session.post(
+                f"{emulator.url}/conversations",
+                data=body,
+                headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+            ) as response:
+                assert response.status == 200, await response.text()
+    for partition, events in ((0, a), (1, b)):
+        await produce_to(bootstrap, topic, partition, encoded(events))
+        await produce_to(bootstrap, f"{topic}.state", partition, state[partition])
+        await commit(bootstrap, group, topic, commits[partition], partition)
+
+    worker = workers(bootstrap, topic, emulator, group=group).start()
+    await wait_for(lambda: all_logged(emulator, expected), 60, "both conversations logged whole")
+    await wait_for(lambda: committed_to_the_end(bootstrap, group, topic), 30, "commits to the end")
+    code, _ = await worker.terminate()
+    assert code == 0
+    assert_matches(emulator.conversations, expected)
+    history_only_grows(emulator)
+    records = await state_records(bootstrap, topic)
+    assert segments(records) == {}
+    assert {(records[b"cut-log"] or b"")[:1], (records[b"cut-done"] or b"")[:1]} == {b"Z"}
