@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+import state as state_phase  # noqa: E402
 import straightforward  # noqa: E402
 from harness import (  # noqa: E402
     BENCH,
@@ -59,7 +60,7 @@ from consumer import payload, workload  # noqa: E402
 from consumer.localkafka import KafkaCluster, free_ports  # noqa: E402
 from consumer.settings import Settings  # noqa: E402
 
-PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "memory")
+PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "memory", "state")
 EXTRA_PHASES = ("inline",)
 """Run only when named: the straightforward implementation awaiting each post in place."""
 MB = 1024 * 1024
@@ -628,7 +629,18 @@ def self_time_table(path: Path, rows: int = 25) -> str:
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace) -> int:
+def phase_state(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine-level state phase (bench/state.py): no broker, no sink. Takes it off the list."""
+    phases = [p.strip() for p in args.phases.split(",")]
+    if "state" not in phases:
+        return {}
+    args.phases = ",".join(p for p in phases if p != "state")
+    print("state phase (engine-level, no broker) ...", flush=True)
+    options = ["--seed", str(args.seed), "--restore-conversations", str(args.state_restore)]
+    return {"state": state_phase.measure(state_phase.parser().parse_args(options))}
+
+
+async def run(args: argparse.Namespace, figures: dict[str, Any]) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="inkeep-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -647,6 +659,7 @@ async def run(args: argparse.Namespace) -> int:
     sink = Sink(work)
     offsets = Offsets(bootstrap)
     bench = Bench(args, bootstrap, sink, offsets, work)
+    bench.results.update(figures)
     if cluster is not None and cluster.nodes[0].process is not None:
         bench.broker_pid = cluster.nodes[0].process.pid
     began = time.monotonic()
@@ -703,6 +716,7 @@ def main() -> int:
     add("--latency-rate", type=float, default=0.0, help="events/s (default: half the worker's)")
     add("--latency-seconds", type=float, default=30.0, help="length of the paced run")
     add("--open-conversations", type=int, default=100_000, help="for the memory phase")
+    add("--state-restore", type=int, default=10_000, help="open conversations, state phase")
     add("--sink-requests", type=int, default=20_000, help="requests in the sink-alone phase")
     add(
         "--set",
@@ -719,7 +733,13 @@ def main() -> int:
     add("--work-dir", default=None, help="keep logs and profiles here")
     add("--keep", action="store_true", help="keep the temporary directory")
     add("--json", default=None, help="also write the figures to this file")
-    return asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    figures = phase_state(args)
+    if figures and not args.phases:
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return 0
+    return asyncio.run(run(args, figures))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from consumer import events, payload, responses, state
-from consumer.errors import InvalidEvent, Rejected
+from consumer import changelog, events, payload, responses, state
+from consumer.errors import InvalidEvent, Rejected, StateError
 from consumer.fit import fit
 
 
@@ -112,13 +112,49 @@ class Checkpoint(msgspec.Struct, frozen=True):
 
 
 class _Done(msgspec.Struct, gc=False):
-    """A completed conversation kept compact: its compressed state record and what expiry needs."""
+    """A completed conversation kept compact: its compressed state record and what expiry needs.
+
+    The blob is also its consolidated state-topic record, made once at completion.
+    """
 
     blob: bytes
     completed_at: float
     last_offset: int
     acked_count: int
     seq: int
+
+
+class _Log(msgspec.Struct, gc=False):
+    """What the state topic's log of a conversation holds (see `consumer.changelog`).
+
+    `unsaved` keeps the event keys a completion took out of the live seen set
+    before a checkpoint wrote them, for a continuation that resumes this log.
+    `retired` are the segments of an earlier log the head key names until this
+    log's first head replaces it: tombstoned right after that head.
+    """
+
+    epoch: int
+    first: int = 0
+    segments: int = 0
+    entries: int = 0
+    seen: int = 0
+    unsaved: list[int] = msgspec.field(default_factory=list)
+    retired: range = range(0)
+
+    def keys(self, cid: str) -> list[bytes]:
+        """The keys of every segment this log and the one it retires wrote."""
+        named = range(self.first, self.first + self.segments)
+        return [changelog.segment_key(cid, i) for r in (self.retired, named) for i in r]
+
+
+class _Restoring:
+    """State-topic records as read, last per key, until they are assembled into conversations."""
+
+    __slots__ = ("heads", "segments")
+
+    def __init__(self) -> None:
+        self.heads: dict[str, changelog.LogRecord | state.Record | _Done | None] = {}
+        self.segments: dict[str, dict[int, changelog.Segment | None]] = {}
 
 
 class PartitionEngine:
@@ -137,6 +173,11 @@ class PartitionEngine:
         self._held: dict[str, None] = {}
         """Conversations with a flush in flight or pending."""
         self._changed: dict[str, None] = {}
+        self._logs: dict[str, _Log] = {}
+        """The state-topic log of each conversation that has one not yet consolidated."""
+        self._sweep: list[bytes] = []
+        """Segment keys no head names (left by a crash): tombstoned at the next checkpoint."""
+        self._read: _Restoring | None = None
         self._covers: int | None = None
         self._restoring = False
         self.duplicates = 0
@@ -144,6 +185,7 @@ class PartitionEngine:
 
     @property
     def open_count(self) -> int:
+        self._assemble()
         return len(self._open)
 
     @property
@@ -153,43 +195,88 @@ class PartitionEngine:
 
     @property
     def in_flight_count(self) -> int:
+        self._assemble()
         return sum(1 for cid in self._held if self._open[cid].in_flight)
 
     @property
     def conversation_count(self) -> int:
+        self._assemble()
         return len(self._open) + len(self._done)
 
     def restore(self, key: bytes, value: bytes | None, now: float) -> None:  # noqa: ARG002
         """Takes one state-topic record, in topic order; a later record replaces an earlier one.
 
-        Until `restored()`, flushes are deferred: events replayed meanwhile are ones
+        Records are decoded here (an unreadable one raises `StateError` at once) and
+        assembled into conversations before the engine is next used, when every
+        segment a head names must be there (`StateError` otherwise). Until
+        `restored()`, flushes are deferred: events replayed meanwhile are ones
         the previous owner may already have flushed, and a flush from a state not yet
         caught up would overwrite its newer body with an older one.
         """
         self._restoring = True
-        cid = key.decode()
-        self._open.pop(cid, None)
-        self._done.pop(cid, None)
-        self._markers.pop(cid, None)
-        self._held.pop(cid, None)
-        if value is None:
+        if self._read is None:
+            self._read = _Restoring()
+        cid, index = changelog.parse_key(key)
+        record = None if value is None else changelog.decode(value)
+        if index is None:
+            if isinstance(record, changelog.Segment):
+                raise StateError(f"state record of conversation {cid!r}: a segment at its head key")
+            if isinstance(record, state.ConversationState) and record.complete:
+                assert value is not None
+                self._read.heads[cid] = _Done(
+                    value if value[:1] == b"Z" else state.encode_record(record, compress=True),
+                    record.completed_at or 0.0,
+                    record.last_offset,
+                    record.acked_count,
+                    record.seq,
+                )
+            else:
+                self._read.heads[cid] = record
             return
-        record = state.decode_record(value)
-        if isinstance(record, state.Marker):
-            self._markers[cid] = record
-        elif record.complete:
-            blob = value if value[:1] == b"Z" else state.encode_record(record, compress=True)
-            self._done[cid] = _Done(
-                blob,
-                record.completed_at or 0.0,
-                record.last_offset,
-                record.acked_count,
-                record.seq,
-            )
-        else:
-            self._open[cid] = record
-            if record.in_flight or record.pending is not None:
-                self._held[cid] = None
+        if record is not None and not isinstance(record, changelog.Segment):
+            raise StateError(f"state record of conversation {cid!r}: segment {index} is no segment")
+        self._read.segments.setdefault(cid, {})[index] = record
+
+    def _assemble(self) -> None:
+        """Turns the records read by `restore()` into conversations; see `consumer.changelog`."""
+        read = self._read
+        if read is None:
+            return
+        self._read = None
+        for cid, record in read.heads.items():
+            self._open.pop(cid, None)
+            self._done.pop(cid, None)
+            self._markers.pop(cid, None)
+            self._held.pop(cid, None)
+            self._logs.pop(cid, None)
+            segments = read.segments.pop(cid, {})
+            named = range(0)
+            if isinstance(record, _Done):
+                self._done[cid] = record
+            elif isinstance(record, state.Marker):
+                self._markers[cid] = record
+            elif record is not None:
+                if isinstance(record, changelog.Head):
+                    present = {i: s for i, s in segments.items() if s is not None}
+                    conv = changelog.assemble(record, present)
+                    named = range(record.first, record.first + record.segments)
+                    self._logs[cid] = _Log(
+                        record.epoch, record.first, record.segments, record.entries, record.seen
+                    )
+                else:
+                    assert isinstance(record, state.ConversationState)
+                    conv = record
+                    conv.seen = state.SeenKeys(conv.seen)
+                self._open[cid] = conv
+                if conv.in_flight or conv.pending is not None:
+                    self._held[cid] = None
+            self._sweep += [
+                changelog.segment_key(cid, i)
+                for i, s in segments.items()
+                if s is not None and i not in named
+            ]
+        for cid, segments in read.segments.items():
+            self._sweep += [changelog.segment_key(cid, i) for i, s in segments.items() if s]
 
     def restored(self, now: float) -> list[Decision]:
         """Rebuilds the schedules; issues what was due or in flight when state was written.
@@ -199,6 +286,7 @@ class PartitionEngine:
         assignment (every flush due meanwhile is issued here, whole). Without a
         `restore()` before it there is nothing to do.
         """
+        self._assemble()
         if not self._restoring:
             return []
         self._restoring = False
@@ -221,6 +309,7 @@ class PartitionEngine:
 
     def is_duplicate(self, event: events.Event, offset: int) -> bool:
         """Whether `apply` would ignore the event (same event id, or an offset already applied)."""
+        self._assemble()
         cid = event.conversation_id
         key = state.event_key(event.event_id)
         conv = self._open.get(cid)
@@ -240,6 +329,7 @@ class PartitionEngine:
         and `InvalidEvent` (`unprocessable`) is raised, so the record is dead-lettered;
         no other exception leaves this method.
         """
+        self._assemble()
         self.skip(offset)
         cid = event.conversation_id
         key = state.event_key(event.event_id)
@@ -262,7 +352,7 @@ class PartitionEngine:
                 completion = responses.to_completion(event, responses.last_instructions(conv))
                 planned = state.plan_completion(conv, completion, occurred)
             if found is None:
-                self._adopt(conv)
+                self._adopt(conv, offset)
             conv.last_event_at = now
             self._touch(conv, event, key, offset, occurred)
             if isinstance(event, events.ConversationEnded):
@@ -289,12 +379,14 @@ class PartitionEngine:
 
     def due(self, now: float) -> list[Decision]:
         """Idle and max-open flushes that are due; expires completed state past retention."""
+        self._assemble()
         decisions = self._idle(now) + self._overdue(now)
         self._expire(now)
         return decisions
 
     def flush_open(self, trigger: Trigger, now: float) -> list[Decision]:
         """An interim flush of every open conversation with changes not yet flushed."""
+        self._assemble()
         decisions: list[Decision] = []
         for conv in list(self._open.values()):
             if conv.dirty:
@@ -303,6 +395,7 @@ class PartitionEngine:
 
     def shed(self, count: int, now: float) -> list[Decision]:
         """Completes the `count` least recently active open conversations early."""
+        self._assemble()
         decisions: list[Decision] = []
         for _ in range(min(count, len(self._active))):
             cid = next(iter(self._active))
@@ -318,23 +411,80 @@ class PartitionEngine:
         return self._settle(conversation_id, seq, now, acked=False)
 
     def checkpoint(self) -> Checkpoint:
-        records: list[tuple[bytes, bytes | None]] = []
+        """The records of what changed since the last checkpoint, in the order they must go.
+
+        Per conversation: an open one's new segment (if anything was appended) then its
+        head; otherwise the record at its head key (consolidated state, marker or
+        tombstone) then tombstones for the segments that head no longer names. Stray
+        segments left by a crash are tombstoned first, before any segment is written.
+        """
+        self._assemble()
+        records: list[tuple[bytes, bytes | None]] = [(key, None) for key in self._sweep]
+        self._sweep = []
         for cid in self._changed:
             conv = self._open.get(cid)
+            if conv is not None:
+                self._log_records(conv, records)
+                continue
             done = self._done.get(cid)
             marker = self._markers.get(cid)
             value: bytes | None = None
-            if conv is not None:
-                value = state.encode_record(conv)
-            elif done is not None:
+            if done is not None:
                 value = done.blob
             elif marker is not None:
                 value = state.encode_record(marker)
-            records.append((cid.encode(), value))
+            records.append((changelog.head_key(cid), value))
+            log = self._logs.pop(cid, None)
+            if log is not None:
+                records += [(key, None) for key in log.keys(cid)]
         self._changed.clear()
         held = (self._open[cid].unacked_from for cid in self._held)
         hold = min((offset for offset in held if offset is not None), default=None)
         return Checkpoint(records=records, covers=self._covers, hold=hold)
+
+    def _log_records(
+        self, conv: state.ConversationState, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Appends an open conversation's new segment, if any, and its head."""
+        cid = conv.id
+        seen = conv.seen
+        if not isinstance(seen, state.SeenKeys):
+            raise TypeError("an open conversation's seen set must be a state.SeenKeys")
+        log = self._logs.get(cid)
+        if log is None:
+            log = self._logs[cid] = _Log(conv.last_offset)
+            seen.take()
+            fresh = list(seen)
+        else:
+            fresh = log.unsaved + seen.take() if log.unsaved else seen.take()
+            log.unsaved = []
+        start = log.entries
+        end = len(conv.entries)
+        if end < start:
+            raise StateError(f"the history of conversation {cid!r} shrank: it is append-only")
+        if end > start or fresh:
+            index = log.first + log.segments
+            segment = changelog.Segment(
+                log.epoch,
+                index,
+                start,
+                conv.entries[start:],
+                conv.fingerprints[start:],
+                fresh,
+            )
+            records.append((changelog.segment_key(cid, index), changelog.encode(segment)))
+            log.segments += 1
+            log.entries = end
+            log.seen += len(fresh)
+        records.append(
+            (
+                changelog.head_key(cid),
+                changelog.head(conv, log.epoch, log.first, log.segments, log.seen),
+            )
+        )
+        if log.retired:
+            records += [(changelog.segment_key(cid, i), None) for i in log.retired]
+            log.retired = range(0)
 
     def _reopen(
         self, cid: str, key: int, offset: int, now: float
@@ -351,6 +501,7 @@ class PartitionEngine:
             conv = self._decode(done)
             if key in conv.seen:
                 return None
+            conv.seen = state.SeenKeys(conv.seen)
             conv.complete = False
             conv.completed_at = None
             conv.opened_at = now
@@ -369,11 +520,22 @@ class PartitionEngine:
             conv = state.ConversationState(id=cid, opened_at=now, last_event_at=now)
         return conv
 
-    def _adopt(self, conv: state.ConversationState) -> None:
+    def _adopt(self, conv: state.ConversationState, offset: int) -> None:
         """Makes a conversation from `_reopen` the open one, replacing its completed form."""
-        self._done.pop(conv.id, None)
-        self._markers.pop(conv.id, None)
-        self._open[conv.id] = conv
+        cid = conv.id
+        done = self._done.pop(cid, None)
+        self._markers.pop(cid, None)
+        log = self._logs.get(cid)
+        if log is not None and done is not None:
+            # Completed since the last checkpoint: its log goes on.
+            assert isinstance(conv.seen, state.SeenKeys)
+            conv.seen.fresh, log.unsaved = log.unsaved, []
+        elif log is not None:
+            # The head key still names an earlier incarnation's log (no checkpoint since).
+            after = log.first + log.segments
+            begin = log.retired.start if log.retired else log.first
+            self._logs[cid] = _Log(offset, first=after, retired=range(begin, after))
+        self._open[cid] = conv
 
     def _snapshot(self, conv: state.ConversationState, key: int, *, adopted: bool) -> _Undo:
         cid = conv.id
@@ -388,10 +550,30 @@ class PartitionEngine:
             adopted=adopted,
             done=self._done.get(cid) if adopted else None,
             marker=self._markers.get(cid) if adopted else None,
+            log=self._logs.get(cid),
+            unsaved=list(log.unsaved) if (log := self._logs.get(cid)) is not None else None,
             active=cid in self._active,
             held=cid in self._held,
             changed=cid in self._changed,
         )
+
+    def _put_back(self, undo: _Undo) -> None:
+        """The forms a conversation had in the engine's maps before `apply` touched them."""
+        cid = undo.conv.id
+        self._done.pop(cid, None)
+        if undo.adopted:
+            self._open.pop(cid, None)
+        else:
+            self._open[cid] = undo.conv
+        if undo.done is not None:
+            self._done[cid] = undo.done
+        if undo.marker is not None:
+            self._markers[cid] = undo.marker
+        if undo.log is None:
+            self._logs.pop(cid, None)
+        else:
+            self._logs[cid] = undo.log
+            undo.log.unsaved = undo.unsaved or []
 
     def _rollback(self, undo: _Undo) -> None:
         """Puts the conversation back; a completed form returns at the end of its queue.
@@ -408,15 +590,7 @@ class PartitionEngine:
             conv.seen.discard(undo.key)
         for name in conv.meta.__struct_fields__:
             setattr(conv.meta, name, getattr(undo.meta, name))
-        self._done.pop(cid, None)
-        if undo.adopted:
-            self._open.pop(cid, None)
-        else:
-            self._open[cid] = conv
-        if undo.done is not None:
-            self._done[cid] = undo.done
-        if undo.marker is not None:
-            self._markers[cid] = undo.marker
+        self._put_back(undo)
         kept: tuple[tuple[bool, dict[str, None]], ...] = (
             (undo.active, self._active),
             (undo.held, self._held),
@@ -530,6 +704,7 @@ class PartitionEngine:
         return [refusal]
 
     def _settle(self, cid: str, seq: int, now: float, *, acked: bool) -> list[Decision]:
+        self._assemble()
         conv = self._open.get(cid)
         if conv is None or not conv.in_flight or conv.in_flight != seq:
             return []
@@ -549,7 +724,11 @@ class PartitionEngine:
         return []
 
     def _complete(self, conv: state.ConversationState, now: float) -> None:
+        """Consolidates: the compressed whole state replaces the log at the next checkpoint."""
         cid = conv.id
+        log = self._logs.get(cid)
+        if log is not None and isinstance(conv.seen, state.SeenKeys):
+            log.unsaved += conv.seen.take()
         conv.complete = True
         conv.closing = False
         conv.completed_at = now
@@ -645,6 +824,8 @@ class _Undo:
     adopted: bool
     done: _Done | None
     marker: state.Marker | None
+    log: _Log | None
+    unsaved: list[int] | None
     active: bool
     held: bool
     changed: bool

@@ -2,10 +2,13 @@
 
 The state is the only source of a flush's body: the API replaces a conversation's
 whole message list on every upsert, so the state must hold the whole known history
-and survive the process. It is written (msgpack) to the co-partitioned state topic
-before the input offsets it covers are committed, and read back on assignment.
+and survive the process. It is written to the co-partitioned state topic before
+the input offsets it covers are committed, and read back on assignment: open
+conversations as a log of what each checkpoint appended (`consumer.changelog`),
+completed ones and markers as one whole record each (`encode_record` below, the
+format every release so far has written and read).
 
-Record values carry a one-byte format (`P` plain, `Z` zlib) and a versioned tag
+Whole records carry a one-byte format (`P` plain, `Z` zlib) and a versioned tag
 (`c1`, `m1`); an unknown format or tag raises `StateError` rather than being
 skipped, because skipping state would later send a partial history. Changing the
 fingerprint below changes what the persisted fingerprints mean: that needs a new tag.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import zlib
 from bisect import bisect_left
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any
@@ -37,6 +41,35 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
     tool_calls: list[payload.ToolCall] | None = None
     tool_call_id: str | None = None
     properties: dict[str, Any] | None = None
+
+
+class SeenKeys(set[int]):
+    """The seen set, also listing the keys added since a checkpoint last took them.
+
+    So a checkpoint writes only the new event keys, without a second copy of the set.
+    """
+
+    __slots__ = ("fresh",)
+
+    def __init__(self, keys: Iterable[int] = ()) -> None:
+        super().__init__(keys)
+        self.fresh: list[int] = []
+
+    def add(self, key: int) -> None:
+        if key not in self:
+            super().add(key)
+            self.fresh.append(key)
+
+    def take(self) -> list[int]:
+        fresh, self.fresh = self.fresh, []
+        return fresh
+
+    def discard(self, key: object) -> None:
+        """Takes back a key added since the last checkpoint (an apply rolled back)."""
+        if key in self:
+            super().discard(key)
+            if key in self.fresh:
+                self.fresh.remove(key)
 
 
 class Meta(msgspec.Struct, array_like=True, gc=False):
@@ -65,7 +98,7 @@ class ConversationState(msgspec.Struct, array_like=True, tag="c1", gc=False):
     last_event_at: float
     entries: list[Entry] = msgspec.field(default_factory=list)
     fingerprints: list[int] = msgspec.field(default_factory=list)
-    seen: set[int] = msgspec.field(default_factory=set)
+    seen: set[int] = msgspec.field(default_factory=SeenKeys)
     meta: Meta = msgspec.field(default_factory=Meta)
     created_at: datetime | None = None
     updated_at: datetime | None = None

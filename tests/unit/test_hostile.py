@@ -151,8 +151,20 @@ def conversation_record(engine: PartitionEngine, cid: str) -> bytes | None:
     return done.blob if done is not None else None
 
 
-def through(engine: PartitionEngine, raw: bytes, offset: int, now: float) -> str:
-    """One record the whole way; returns what became of it."""
+def through(
+    engine: PartitionEngine,
+    raw: bytes,
+    offset: int,
+    now: float,
+    written: list[tuple[bytes, bytes | None]] | None = None,
+) -> str:
+    """One record the whole way; returns what became of it.
+
+    `written` collects the state records of every checkpoint so far: a restore reads
+    them all, as a new owner reads the state topic.
+    """
+    if written is None:
+        written = []
     try:
         event = events.decode_event(raw)
     except InvalidEvent as exc:
@@ -177,8 +189,9 @@ def through(engine: PartitionEngine, raw: bytes, offset: int, now: float) -> str
         payload.decode(decision.body)
         if isinstance(decision, Flush):
             engine.acknowledged(decision.conversation_id, decision.seq, now)
+    written += engine.checkpoint().records
     restored = PartitionEngine(CONFIG)
-    for key, value in engine.checkpoint().records:
+    for key, value in written:
         restored.restore(key, value, now)
     for decision in restored.restored(now):
         payload.decode(decision.body)
@@ -413,9 +426,10 @@ def test_arbitrary_bytes_are_an_event_or_an_invalid_event(raw: bytes):
 @given(st.lists(hostile(), min_size=1, max_size=4))
 def test_mutated_events_never_crash_nor_apply_in_part(records: list[bytes]):
     engine = PartitionEngine(EngineConfig(max_body_bytes=20_000))
-    through(engine, encoded(BASE), 0, 1.0)
+    written: list[tuple[bytes, bytes | None]] = []
+    through(engine, encoded(BASE), 0, 1.0, written)
     for offset, raw in enumerate(records, start=1):
-        through(engine, raw, offset, 1.0 + offset)
+        through(engine, raw, offset, 1.0 + offset, written)
 
 
 # All or nothing.
