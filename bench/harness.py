@@ -21,7 +21,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumer.localkafka import free_ports
+from consumer.testing.localkafka import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

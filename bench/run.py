@@ -4,8 +4,8 @@
     .venv/bin/python bench/run.py --events 40000   # a quick look
     .venv/bin/python bench/run.py --profile        # also profile the worker (pyinstrument)
 
-It starts a local Kafka (consumer.localkafka) and the local sink (bench/sink.py),
-writes a generated workload (consumer.workload) to one topic, and reads that
+It starts a local Kafka (consumer.testing.localkafka) and the local sink (bench/sink.py),
+writes a generated workload (consumer.testing.workload) to one topic, and reads that
 same topic with a bare aiokafka loop, the straightforward implementation
 (bench/straightforward.py) and the worker, each in a process of its own and a
 consumer group of its own. Then it measures the sink alone, two workers in one
@@ -55,9 +55,10 @@ from harness import (  # noqa: E402
     stop_all,
 )
 
-from consumer import payload, workload  # noqa: E402
-from consumer.localkafka import KafkaCluster, free_ports  # noqa: E402
+from consumer import payload  # noqa: E402
 from consumer.settings import Settings  # noqa: E402
+from consumer.testing import workload  # noqa: E402
+from consumer.testing.localkafka import KafkaCluster, free_ports  # noqa: E402
 
 PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "memory")
 EXTRA_PHASES = ("inline",)

@@ -22,10 +22,13 @@ PROG = "inkeep-consumer"
 # Subcommands whose arguments belong to the module that implements them.
 DELEGATED = {
     "render": ("consumer.render", "turn a file of events (or stdin) into the request bodies sent"),
-    "emulator": ("consumer.emulator", "run the local Inkeep Analytics API emulator"),
-    "kafka": ("consumer.localkafka", "fetch or start a local Kafka broker (kafka fetch|start)"),
-    "produce": ("consumer.workload", "produce demo or workload events to Kafka"),
-    "demo": ("consumer.demo", "run the end-to-end demo against local services"),
+    "emulator": ("consumer.testing.emulator", "run the local Inkeep Analytics API emulator"),
+    "kafka": (
+        "consumer.testing.localkafka",
+        "fetch or start a local Kafka broker (kafka fetch|start)",
+    ),
+    "produce": ("consumer.testing.workload", "produce demo or workload events to Kafka"),
+    "demo": ("consumer.testing.demo", "run the end-to-end demo against local services"),
     "schema": ("consumer.schema", "print (or --check/--write) the input event JSON schema"),
 }
 

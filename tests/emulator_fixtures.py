@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from consumer.emulator import Emulator
+from consumer.testing.emulator import Emulator
 
 if TYPE_CHECKING:
     from pathlib import Path

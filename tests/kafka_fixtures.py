@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from consumer.localkafka import KafkaCluster, create_topic
+from consumer.testing.localkafka import KafkaCluster, create_topic
 
 __all__ = [
     "KafkaEndpoint",

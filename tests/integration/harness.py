@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumer import payload
-from consumer.emulator import Emulator
+from consumer.testing.emulator import Emulator
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"

@@ -29,8 +29,8 @@ from harness import (
     wait_for,
 )
 
-from consumer.emulator import Emulator
-from consumer.localkafka import ClientSecurity, KafkaCluster
+from consumer.testing.emulator import Emulator
+from consumer.testing.localkafka import ClientSecurity, KafkaCluster
 
 pytestmark = pytest.mark.integration
 

@@ -119,9 +119,9 @@ def test_delegated_subcommands_get_the_remaining_arguments(clean_env):
         seen.append(argv)
         return 3
 
-    module = types.ModuleType("consumer.localkafka")
+    module = types.ModuleType("consumer.testing.localkafka")
     module.main = fake_main
-    clean_env.setitem(sys.modules, "consumer.localkafka", module)
+    clean_env.setitem(sys.modules, "consumer.testing.localkafka", module)
     assert cli.main(["kafka", "start", "--port", "0"]) == 3
     assert seen == [["start", "--port", "0"]]
 

@@ -16,7 +16,7 @@ import pytest
 from emulator_fixtures import API_KEY
 
 from consumer import payload
-from consumer.emulator import (
+from consumer.testing.emulator import (
     DATETIME_WITH_OFFSET,
     Emulator,
     Faults,

@@ -14,7 +14,6 @@ from emulator_fixtures import API_KEY
 from structlog.testing import capture_logs
 
 from consumer import errors, metrics, payload
-from consumer.emulator import Emulator, Faults
 from consumer.fit import MARK
 from consumer.sink import (
     AUTH_PROBE_CAP,
@@ -26,6 +25,7 @@ from consumer.sink import (
     classify,
     retry_after_seconds,
 )
+from consumer.testing.emulator import Emulator, Faults
 
 BASE = 0.01
 CAP = 0.05

@@ -18,12 +18,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from consumer import localkafka, workload
-from consumer.emulator import Emulator
 from consumer.health import Health, HealthServer
 from consumer.logs import configure as configure_logs
 from consumer.runtime import Worker
 from consumer.settings import Settings
+from consumer.testing import localkafka, workload
+from consumer.testing.emulator import Emulator
 
 API_KEY = "demo-key"
 TOPIC = "chat-completions"
