@@ -32,6 +32,9 @@ DELEGATED = {
     "schema": ("consumer.schema", "print (or --check/--write) the input event JSON schema"),
 }
 
+# Left out of the wheel and the image: they need Java and a source checkout.
+SOURCE_ONLY = frozenset({"kafka", "demo"})
+
 # Flag -> settings field; flags win over environment variables.
 OVERRIDES = {
     "--bootstrap-servers": "kafka_bootstrap_servers",
@@ -106,5 +109,16 @@ def _run(overrides: dict[str, Any]) -> int:
 
 
 def _delegate(name: str, argv: list[str]) -> int:
-    module = importlib.import_module(DELEGATED[name][0])
+    target = DELEGATED[name][0]
+    try:
+        module = importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name != target or name not in SOURCE_ONLY:
+            raise
+        sys.stderr.write(
+            f"{PROG} {name}: not part of this installation; it needs Java and a source "
+            "checkout of the project (run it from the checkout: .venv/bin/inkeep-consumer "
+            f"{name}, after bash scripts/bootstrap)\n"
+        )
+        return 2
     return int(module.main(argv) or 0)

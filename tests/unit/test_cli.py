@@ -166,3 +166,19 @@ def test_python_dash_m_consumer_runs_the_same_command():
     assert failed.returncode == 2
     assert failed.stdout == ""
     assert failed.stderr.splitlines() == [f"inkeep-consumer: configuration error: {MISSING_KEY}"]
+
+
+@pytest.mark.parametrize("name", ["kafka", "demo"])
+def test_source_only_tooling_absent_from_an_install_says_so(clean_env, capsys, name):
+    module = cli.DELEGATED[name][0]
+    clean_env.setitem(sys.modules, module, None)  # As in the wheel: the module is not there.
+    assert cli.main([name, "start"]) == 2
+    err = capsys.readouterr().err
+    assert f"inkeep-consumer {name}: not part of this installation" in err
+    assert "source checkout" in err
+
+
+def test_a_missing_dependency_inside_tooling_is_not_hidden(clean_env):
+    clean_env.setitem(sys.modules, "consumer.testing.workload", None)
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["produce"])
