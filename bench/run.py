@@ -55,7 +55,7 @@ from harness import (  # noqa: E402
     stop_all,
 )
 
-from consumer import payload  # noqa: E402
+from consumer import admin, payload  # noqa: E402
 from consumer.settings import Settings  # noqa: E402
 from consumer.testing import workload  # noqa: E402
 from consumer.testing.localkafka import KafkaCluster, free_ports  # noqa: E402
@@ -113,7 +113,7 @@ def build_workload(topic: str, events: int, seed: int, shape: workload.Shape) ->
 
 
 async def write(bench: Bench, load: Workload, rate: float = 0.0, **options: Any) -> float:
-    await workload.ensure_topic(bench.bootstrap, load.topic, bench.args.partitions)
+    await admin.create_topic(bench.bootstrap, load.topic, bench.args.partitions, exist_ok=True)
     began = time.monotonic()
     sent = await workload.produce(bench.bootstrap, load.topic, load.records, rate=rate, **options)
     if sent != len(load.records):
@@ -450,7 +450,7 @@ async def phase_latency(bench: Bench) -> None:
     load = build_workload(
         bench.name("live"), int(rate * args.latency_seconds), args.seed + 7, shape
     )
-    await workload.ensure_topic(bench.bootstrap, load.topic, args.partitions)
+    await admin.create_topic(bench.bootstrap, load.topic, args.partitions, exist_ok=True)
     await bench.sink.reset()
     group = bench.name("latency")
     env = worker_env(bench, load.topic, group)
@@ -529,7 +529,7 @@ async def phase_memory(bench: Bench) -> None:
     shape = workload.Shape(turns=(1, 3), ended_share=0.0, active=min(count, 5000))
     records = list(workload.generate(count, args.seed + 11, shape=shape))
     load = Workload(bench.name("open"), records, count, 0)
-    await workload.ensure_topic(bench.bootstrap, load.topic, args.partitions)
+    await admin.create_topic(bench.bootstrap, load.topic, args.partitions, exist_ok=True)
     group = bench.name("memory")
     env = worker_env(
         bench,

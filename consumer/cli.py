@@ -99,9 +99,8 @@ def _check_config(overrides: dict[str, Any]) -> int:
 
 def _run(overrides: dict[str, Any]) -> int:
     settings = _settings(overrides)
-    from consumer import logs, runtime  # noqa: PLC0415 - only the worker needs them.
+    from consumer import runtime  # noqa: PLC0415 - only the worker needs it.
 
-    logs.configure(settings.log_level, settings.log_format)
     try:
         return int(asyncio.run(runtime.run(settings)))
     except KeyboardInterrupt:

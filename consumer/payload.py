@@ -87,7 +87,3 @@ def encode(conversation: Conversation) -> bytes:
 def decode(body: bytes) -> Conversation:
     """Decodes a body strictly (raises `msgspec.ValidationError`/`DecodeError`)."""
     return _decoder.decode(body)
-
-
-def conversation_json_schema() -> dict[str, Any]:
-    return msgspec.json.schema(Conversation)

@@ -18,6 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from consumer import admin
 from consumer.health import Health, HealthServer
 from consumer.logs import configure as configure_logs
 from consumer.runtime import Worker
@@ -66,7 +67,7 @@ async def _demo(args: argparse.Namespace, kafka: localkafka.KafkaCluster) -> int
     emulator = Emulator(api_keys=(API_KEY,), record=record)
     await emulator.start()
     _say(f"Inkeep Analytics API emulator at {emulator.url} (key {API_KEY!r})")
-    await workload.ensure_topic(kafka.bootstrap_servers, TOPIC, args.partitions, 1)
+    await admin.create_topic(kafka.bootstrap_servers, TOPIC, args.partitions, exist_ok=True)
     settings = Settings.from_env(
         {
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,

@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
-from consumer import payload
+from consumer import admin, payload
 from consumer.testing.emulator import Emulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,12 +125,7 @@ def expected_bodies(events: Iterable[dict[str, Any]], tmp: Path) -> dict[str, pa
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int, replication: int = 1) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, replication)])
-    finally:
-        await admin.close()
+    await admin.create_topic(bootstrap, name, partitions, replication_factor=replication)
 
 
 async def produce(
@@ -183,36 +178,22 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[An
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        assert tps, f"topic {topic} has no partitions"
-        return {tp.partition: offset for tp, offset in (await reader.end_offsets(tps)).items()}
-    finally:
-        await reader.stop()
+    offsets = await admin.end_offsets(bootstrap, topic)
+    return {tp.partition: offset for tp, offset in offsets.items()}
 
 
 async def topic_names(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
     try:
-        return set(await admin.list_topics())
+        return set(await client.list_topics())
     finally:
-        await admin.close()
+        await client.close()
 
 
 async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        partitions = sorted(reader.partitions_for_topic(topic) or set())
-        assert partitions, f"topic {topic} has no partitions"
-        return {p: await reader.committed(TopicPartition(topic, p)) for p in partitions}
-    finally:
-        await reader.stop()
+    offsets = await admin.committed_offsets(bootstrap, group, topic)
+    return {tp.partition: offset for tp, offset in offsets.items()}
 
 
 async def committed_to_the_end(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from harness import (
     Worker,
@@ -29,6 +29,7 @@ from harness import (
     wait_for,
 )
 
+from consumer import admin as kafka_admin
 from consumer.testing.emulator import Emulator
 from consumer.testing.localkafka import ClientSecurity, KafkaCluster
 
@@ -196,13 +197,7 @@ def start_worker(
 async def create_input_topic(broker: Broker, partitions: int = 2) -> str:
     """The input topic, created by the admin user over the secured listener."""
     topic = fresh("chat")
-    admin = AIOKafkaAdminClient(**broker.client_options(MECHANISMS[-1]))
-    await admin.start()
-    try:
-        response = await admin.create_topics([NewTopic(topic, partitions, 1)])
-        assert [code for _, code, *_ in response.topic_errors] == [0]
-    finally:
-        await admin.close()
+    assert await kafka_admin.create_topic(broker.client_options(MECHANISMS[-1]), topic, partitions)
     return topic
 
 
