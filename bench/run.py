@@ -1,4 +1,4 @@
-"""The benchmark: every figure of behaviour.md's "Performance", in one run on one local broker.
+"""The benchmark: every figure of docs/benchmark.md, in one run on one local broker.
 
     .venv/bin/python bench/run.py                  # 4 partitions, ~200k events
     .venv/bin/python bench/run.py --events 40000   # a quick look

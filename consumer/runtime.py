@@ -587,6 +587,7 @@ class Worker:
             self.health.set_restoring(True)
             now = self._clock()
             engines = {tp.partition: PartitionEngine(self._config) for tp in new}
+            log.info("partitions_restoring", partitions=sorted(engines))
             started = time.monotonic()
             count = await read_state(
                 self._options,

@@ -218,7 +218,7 @@ async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversatio
 
 
 def history_only_grows(emulator: Emulator) -> None:
-    """Promise 3: every accepted body's message ids are a prefix of the final ones."""
+    """No upsert shortened a history: every accepted body's message ids prefix the final ones."""
     for raw in emulator.accepted:
         body = payload.decode(raw)
         final = [m.id for m in emulator.conversations[body.id].messages]
@@ -318,20 +318,29 @@ class Worker:
 
     def logs(self) -> list[dict[str, Any]]:
         """Every JSON log line of every start so far."""
-        lines: list[dict[str, Any]] = []
-        for path in sorted(self.log_dir.glob(f"{self.name}-*.log")):
-            for raw in path.read_bytes().splitlines():
-                try:
-                    lines.append(msgspec.json.decode(raw))
-                except msgspec.DecodeError:
-                    lines.append({"event": "non_json_line", "raw": raw.decode(errors="replace")})
-        return lines
+        paths = sorted(self.log_dir.glob(f"{self.name}-*.log"))
+        return [line for path in paths for line in _log_lines(path)]
+
+    def events(self) -> list[str]:
+        """The events logged since the latest start, in order."""
+        assert self.log_path is not None
+        return [str(line.get("event")) for line in _log_lines(self.log_path)]
 
     def stop_now(self) -> None:
         if self.alive():
             assert self.process is not None
             self.process.kill()
             self.process.wait(10)
+
+
+def _log_lines(path: Path) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    for raw in path.read_bytes().splitlines():
+        try:
+            lines.append(msgspec.json.decode(raw))
+        except msgspec.DecodeError:
+            lines.append({"event": "non_json_line", "raw": raw.decode(errors="replace")})
+    return lines
 
 
 async def metrics_text(worker: Worker) -> str | None:
