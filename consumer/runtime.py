@@ -647,13 +647,17 @@ class Worker:
         )
 
 
-async def run(settings: Settings) -> int:
-    """The `run` command: the worker, its health server, and signal handling."""
+async def run(
+    settings: Settings,
+    *,
+    worker: Worker | None = None,
+    host: str = "0.0.0.0",  # noqa: S104 - probes come from outside the pod.
+) -> int:
+    """The `run` command (and the demo's worker): the worker, its health server, signals."""
     configure_logs(settings.log_level, settings.log_format)
-    health = Health()
-    server = HealthServer(health)
-    await server.start(port=settings.http_port)
-    worker = Worker(settings, health=health)
+    worker = worker or Worker(settings)
+    server = HealthServer(worker.health)
+    await server.start(host=host, port=settings.http_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
