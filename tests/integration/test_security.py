@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from harness import (
@@ -211,15 +211,8 @@ async def topics(broker: Broker) -> set[str]:
 
 
 async def record_count(broker: Broker, topic: str) -> int:
-    reader = AIOKafkaConsumer(**broker.client_options(MECHANISMS[-1]), group_id=None)
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        partitions = reader.partitions_for_topic(topic) or set()
-        ends = await reader.end_offsets([TopicPartition(topic, p) for p in partitions])
-        return sum(ends.values())
-    finally:
-        await reader.stop()
+    offsets = await kafka_admin.end_offsets(broker.client_options(MECHANISMS[-1]), topic)
+    return sum(offsets.values())
 
 
 async def produce(broker: Broker, topic: str, events: list[dict[str, Any]]) -> None:
