@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from consumer import workload  # noqa: E402
 from consumer.engine import EngineConfig, Flush, PartitionEngine  # noqa: E402
 from consumer.events import decode_event  # noqa: E402
+from consumer.testing import workload  # noqa: E402
 
 
 def run(

@@ -21,7 +21,8 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumer.localkafka import free_ports
+from consumer import admin
+from consumer.testing.localkafka import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -190,14 +191,7 @@ class Offsets:
         await self.admin.close()
 
     async def end(self, topic: str) -> dict[TopicPartition, int]:
-        (described,) = await self.admin.describe_topics([topic])
-        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers)
-        await consumer.start()
-        try:
-            return dict(await consumer.end_offsets(partitions))
-        finally:
-            await consumer.stop()
+        return await admin.end_offsets(self.bootstrap_servers, topic)
 
     async def size(self, topic: str) -> tuple[int, int]:
         """(records, value bytes) in a topic, read from its start to its end offsets."""
@@ -221,13 +215,13 @@ class Offsets:
             await consumer.stop()
         return records, size
 
-    async def committed(self, group: str) -> dict[TopicPartition, int]:
-        answer = await self.admin.list_consumer_group_offsets(group)
-        return {tp: meta.offset for tp, meta in answer.items()}
-
     async def caught_up(self, group: str, end: dict[TopicPartition, int]) -> bool:
-        committed = await self.committed(group)
-        return all(committed.get(tp, -1) >= offset for tp, offset in end.items())
+        committed = await admin.group_offsets(self.admin, group, list(end))
+        return all(_at_least(committed.get(tp), offset) for tp, offset in end.items())
+
+
+def _at_least(committed: int | None, offset: int) -> bool:
+    return committed is not None and committed >= offset
 
 
 async def http_get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:

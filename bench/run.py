@@ -1,11 +1,11 @@
-"""The benchmark: every figure of behaviour.md's "Performance", in one run on one local broker.
+"""The benchmark: every figure of docs/benchmark.md, in one run on one local broker.
 
     .venv/bin/python bench/run.py                  # 4 partitions, ~200k events
     .venv/bin/python bench/run.py --events 40000   # a quick look
     .venv/bin/python bench/run.py --profile        # also profile the worker (pyinstrument)
 
-It starts a local Kafka (consumer.localkafka) and the local sink (bench/sink.py),
-writes a generated workload (consumer.workload) to one topic, and reads that
+It starts a local Kafka (consumer.testing.localkafka) and the local sink (bench/sink.py),
+writes a generated workload (consumer.testing.workload) to one topic, and reads that
 same topic with a bare aiokafka loop, the straightforward implementation
 (bench/straightforward.py) and the worker, each in a process of its own and a
 consumer group of its own. Then it measures the sink alone, two workers in one
@@ -56,9 +56,10 @@ from harness import (  # noqa: E402
     stop_all,
 )
 
-from consumer import payload, workload  # noqa: E402
-from consumer.localkafka import KafkaCluster, free_ports  # noqa: E402
+from consumer import admin, payload  # noqa: E402
 from consumer.settings import Settings  # noqa: E402
+from consumer.testing import workload  # noqa: E402
+from consumer.testing.localkafka import KafkaCluster, free_ports  # noqa: E402
 
 PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "memory", "state")
 EXTRA_PHASES = ("inline",)
@@ -113,7 +114,7 @@ def build_workload(topic: str, events: int, seed: int, shape: workload.Shape) ->
 
 
 async def write(bench: Bench, load: Workload, rate: float = 0.0, **options: Any) -> float:
-    await workload.ensure_topic(bench.bootstrap, load.topic, bench.args.partitions)
+    await admin.create_topic(bench.bootstrap, load.topic, bench.args.partitions, exist_ok=True)
     began = time.monotonic()
     sent = await workload.produce(bench.bootstrap, load.topic, load.records, rate=rate, **options)
     if sent != len(load.records):
@@ -450,7 +451,7 @@ async def phase_latency(bench: Bench) -> None:
     load = build_workload(
         bench.name("live"), int(rate * args.latency_seconds), args.seed + 7, shape
     )
-    await workload.ensure_topic(bench.bootstrap, load.topic, args.partitions)
+    await admin.create_topic(bench.bootstrap, load.topic, args.partitions, exist_ok=True)
     await bench.sink.reset()
     group = bench.name("latency")
     env = worker_env(bench, load.topic, group)
@@ -529,7 +530,7 @@ async def phase_memory(bench: Bench) -> None:
     shape = workload.Shape(turns=(1, 3), ended_share=0.0, active=min(count, 5000))
     records = list(workload.generate(count, args.seed + 11, shape=shape))
     load = Workload(bench.name("open"), records, count, 0)
-    await workload.ensure_topic(bench.bootstrap, load.topic, args.partitions)
+    await admin.create_topic(bench.bootstrap, load.topic, args.partitions, exist_ok=True)
     group = bench.name("memory")
     env = worker_env(
         bench,

@@ -37,8 +37,9 @@ if str(ROOT) not in sys.path:
 
 import msgspec  # noqa: E402
 
-from consumer import changelog, events, state, workload  # noqa: E402
+from consumer import changelog, events, state  # noqa: E402
 from consumer.engine import EngineConfig, Flush, PartitionEngine  # noqa: E402
+from consumer.testing import workload  # noqa: E402
 
 LENGTHS = (10, 100, 500)
 MODES = {

@@ -22,14 +22,19 @@ PROG = "inkeep-consumer"
 # Subcommands whose arguments belong to the module that implements them.
 DELEGATED = {
     "render": ("consumer.render", "turn a file of events (or stdin) into the request bodies sent"),
-    "emulator": ("consumer.emulator", "run the local Inkeep Analytics API emulator"),
-    "kafka": ("consumer.localkafka", "fetch or start a local Kafka broker (kafka fetch|start)"),
-    "produce": ("consumer.workload", "produce demo or workload events to Kafka"),
-    "demo": ("consumer.demo", "run the end-to-end demo against local services"),
+    "emulator": ("consumer.testing.emulator", "run the local Inkeep Analytics API emulator"),
+    "kafka": (
+        "consumer.testing.localkafka",
+        "fetch or start a local Kafka broker (kafka fetch|start)",
+    ),
+    "produce": ("consumer.testing.workload", "produce demo or workload events to Kafka"),
+    "demo": ("consumer.testing.demo", "run the end-to-end demo against local services"),
     "schema": ("consumer.schema", "print (or --check/--write) the input event JSON schema"),
 }
 
 DLQ_HELP = "inspect the dead-letter topic, or replay chosen dead letters (dlq inspect|replay)"
+# Left out of the wheel and the image: they need Java and a source checkout.
+SOURCE_ONLY = frozenset({"kafka", "demo"})
 
 # Flag -> settings field; flags win over environment variables.
 OVERRIDES = {
@@ -98,9 +103,8 @@ def _check_config(overrides: dict[str, Any]) -> int:
 
 def _run(overrides: dict[str, Any]) -> int:
     settings = _settings(overrides)
-    from consumer import logs, runtime  # noqa: PLC0415 - only the worker needs them.
+    from consumer import runtime  # noqa: PLC0415 - only the worker needs it.
 
-    logs.configure(settings.log_level, settings.log_format)
     try:
         return int(asyncio.run(runtime.run(settings)))
     except KeyboardInterrupt:
@@ -108,7 +112,18 @@ def _run(overrides: dict[str, Any]) -> int:
 
 
 def _delegate(name: str, argv: list[str]) -> int:
-    module = importlib.import_module(DELEGATED[name][0])
+    target = DELEGATED[name][0]
+    try:
+        module = importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name != target or name not in SOURCE_ONLY:
+            raise
+        sys.stderr.write(
+            f"{PROG} {name}: not part of this installation; it needs Java and a source "
+            "checkout of the project (run it from the checkout: .venv/bin/inkeep-consumer "
+            f"{name}, after bash scripts/bootstrap)\n"
+        )
+        return 2
     return int(module.main(argv) or 0)
 
 

@@ -566,7 +566,7 @@ class Replayer:
         """Creates the compacted ledger topic (one partition, the DLQ's replication) if missing."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
 
-        from consumer.topics import TOPIC_ALREADY_EXISTS  # noqa: PLC0415
+        from consumer import admin as kafka_admin  # noqa: PLC0415
 
         name = ledger_topic(self.settings)
         admin = AIOKafkaAdminClient(**self.settings.kafka_client_options())
@@ -576,14 +576,11 @@ class Replayer:
                 return
             described = await admin.describe_topics([self.settings.kafka_dlq_topic])
             replicas = len(described[0]["partitions"][0]["replicas"])
-            response = await admin.create_topics(
-                [NewTopic(name, 1, replicas, topic_configs=LEDGER_TOPIC_CONFIG)]
+            result = await kafka_admin.create_topics(
+                admin, [NewTopic(name, 1, replicas, topic_configs=LEDGER_TOPIC_CONFIG)]
             )
-            for topic, code, *rest in response.topic_errors:
-                if code not in (0, TOPIC_ALREADY_EXISTS):
-                    raise ConfigError(
-                        "KAFKA_DLQ_TOPIC", f"cannot create {topic!r}: error {code} {rest}"
-                    )
+            for topic, error in result.failed.items():
+                raise ConfigError("KAFKA_DLQ_TOPIC", f"cannot create {topic!r}: {error}")
         finally:
             await admin.close()
 

@@ -90,10 +90,6 @@ def decode(body: bytes) -> Conversation:
     return _decoder.decode(body)
 
 
-def conversation_json_schema() -> dict[str, Any]:
-    return msgspec.json.schema(Conversation)
-
-
 class FeedbackType(enum.StrEnum):
     POSITIVE = "positive"
     NEGATIVE = "negative"

@@ -48,8 +48,8 @@ def render(source: BinaryIO, out: BinaryIO, errors: TextIO) -> int:
             engine.skip(number)
             continue
         bodies.setdefault(event.conversation_id, None)
-        _settle(engine, decisions, bodies, errors)
-    _settle(engine, engine.flush_open(Trigger.SHUTDOWN, 0.0), bodies, errors)
+        _acknowledge(engine, decisions, bodies, errors)
+    _acknowledge(engine, engine.flush_open(Trigger.SHUTDOWN, 0.0), bodies, errors)
     for body in bodies.values():
         if body is not None:
             out.write(body + b"\n")
@@ -57,7 +57,7 @@ def render(source: BinaryIO, out: BinaryIO, errors: TextIO) -> int:
     return 1 if invalid else 0
 
 
-def _settle(
+def _acknowledge(
     engine: PartitionEngine,
     decisions: list[Decision],
     bodies: dict[str, bytes | None],

@@ -1,9 +1,10 @@
 """The worker: Kafka in, the engine in the middle, the analytics API out.
 
 The engine decides what a conversation is and when it is sent; this module only
-moves bytes, keeps one lock over the engines, and keeps the commit order
-(`_checkpoint`). Everything that can fail slowly (the API) runs in tasks whose
-results come back to the loop; nothing here decides conversation contents.
+moves bytes, keeps one lock over the engines, and hands each checkpoint to
+`consumer.checkpoint`, which keeps the commit order. Everything that can fail
+slowly (the API) runs in tasks whose results come back to the loop; nothing here
+decides conversation contents.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from consumer import deadletter, metrics
+from consumer.checkpoint import STOPPING, Checkpoints, PartitionState
 from consumer.deadletter import DeadLetter
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Refusal, Trigger
 from consumer.errors import ConfigError, InvalidEvent
@@ -37,8 +39,6 @@ POLL_TIMEOUT_MS = 100
 TICK_SECONDS = 1.0
 SHUTDOWN_RESERVE_SECONDS = 5.0
 """Part of the grace period kept for writing state and committing after the last flush."""
-
-STOPPING = "the worker stops without committing further"
 
 REFUSALS = {
     "fewer_messages": (
@@ -65,23 +65,56 @@ def _kafka_hint(exc: KafkaError) -> str:
     )
 
 
-class _PendingCheckpoint(NamedTuple):
-    """State and dead-letter records on their way to the broker, and what they make committable."""
+K = TypeVar("K")
 
-    acks: list[asyncio.Future[Any]]
-    offsets: dict[TopicPartition, int]
+
+class Pause(StrEnum):
+    """Why fetching is paused."""
+
+    AUTH = "auth"
+    BACKPRESSURE = "backpressure"
+
+
+def pause_reason(
+    *, auth_failed: bool, pending: int, limit: int, paused: Pause | None
+) -> Pause | None:
+    """Pause while the API refuses the key, or while `limit` flushes are in flight.
+
+    A backpressure pause lasts until half the limit has drained, so fetching does
+    not flap around the limit.
+    """
+    if auth_failed:
+        return Pause.AUTH
+    if pending >= limit or (paused is Pause.BACKPRESSURE and pending > limit // 2):
+        return Pause.BACKPRESSURE
+    return None
+
+
+def shed_plan(open_counts: Sequence[tuple[K, int]], limit: int) -> list[tuple[K, int]]:
+    """How many open conversations each partition sheds to bring the total down to `limit`.
+
+    The partitions holding the most shed first.
+    """
+    excess = sum(count for _, count in open_counts) - limit
+    plan: list[tuple[K, int]] = []
+    for key, count in sorted(open_counts, key=lambda kc: -kc[1]):
+        if excess <= 0:
+            break
+        shed = min(excess, count)
+        plan.append((key, shed))
+        excess -= shed
+    return plan
 
 
 class _Partition:
     """One assigned input partition: its engine, its position and its flushes in flight."""
 
-    __slots__ = ("catch_up", "committed", "duplicates", "engine", "position", "tasks", "tp")
+    __slots__ = ("catch_up", "duplicates", "engine", "position", "tasks", "tp")
 
-    def __init__(self, tp: TopicPartition, engine: PartitionEngine, committed: int | None) -> None:
+    def __init__(self, tp: TopicPartition, engine: PartitionEngine) -> None:
         self.tp = tp
         self.engine = engine
         self.position: int | None = None
-        self.committed = committed
         self.tasks: dict[asyncio.Task[Delivery], Flush] = {}
         self.catch_up: int | None = None
         """End offset at assignment: restored flushes wait until the replay reaches it."""
@@ -112,14 +145,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Worker:
-    """One consumer-group member. `run()` until `stop()`; exit code 0 on a clean stop."""
+    """One consumer-group member. `run()` until `stop()`; exit code 0 on a clean stop.
 
-    def __init__(
+    The consumer, the producer and the sink are built from `settings` unless given;
+    either way the worker starts (subscribes) and closes them.
+    """
+
+    def __init__(  # noqa: PLR0913 - the clients are keyword-only and each optional.
         self,
         settings: Settings,
         *,
         health: Health | None = None,
         clock: Callable[[], float] = time.time,
+        consumer: AIOKafkaConsumer | None = None,
+        producer: AIOKafkaProducer | None = None,
+        sink: Sink | None = None,
     ) -> None:
         self.settings = settings
         self.health = health or Health()
@@ -133,19 +173,17 @@ class Worker:
         self._parts: dict[TopicPartition, _Partition] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self._outbox: list[DeadLetter] = []
-        self._unacked: list[asyncio.Future[Any]] = []
-        self._paused: str | None = None
-        self._failed = False
+        self._paused: Pause | None = None
         self._broken = False
         """Something unexpected failed: the shutdown neither flushes nor commits."""
         self._activity = False
-        self._checkpoints: deque[_PendingCheckpoint] = deque()
         self._next_tick = 0.0
         self._next_checkpoint = 0.0
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._sink: Sink | None = None
+        self._topics_ready = False
+        self._consumer: AIOKafkaConsumer | None = consumer
+        self._producer: AIOKafkaProducer | None = producer
+        self._sink: Sink | None = sink
+        self._commits: Checkpoints | None = None
         self._current: tuple[TopicPartition, int] | None = None
         """The input record being handled, named when something unexpected stops the worker."""
 
@@ -180,7 +218,9 @@ class Worker:
             )
             return 1
         except Exception as exc:
-            self._failed = self._broken = True
+            self._broken = True
+            if self._commits is not None:
+                self._commits.fail(None)  # Logged here, with the record being handled.
             self._stopping.set()
             tp, offset = self._current or (None, None)
             log.exception(
@@ -194,7 +234,7 @@ class Worker:
             return 1
         finally:
             await self._shutdown()
-        return 1 if self._failed else 0
+        return 1 if self._commits is not None and self._commits.failed else 0
 
     async def _start(self) -> None:
         s = self.settings
@@ -205,37 +245,50 @@ class Worker:
             dlq_topic=s.kafka_dlq_topic,
             replication_factor=s.kafka_topic_replication_factor,
         )
-        self._sink = Sink(
-            base_url=s.inkeep_api_base_url,
-            api_key=s.inkeep_api_key,
-            max_concurrency=s.inkeep_max_concurrency,
-            rate_limit=s.inkeep_rate_limit_per_second,
-            timeout=s.inkeep_request_timeout_seconds,
-            max_retry_delay=s.inkeep_max_retry_delay_seconds,
-            on_answer=self.health.observe_api,
-        )
+        self._topics_ready = True
+        if self._sink is None:
+            self._sink = Sink(
+                base_url=s.inkeep_api_base_url,
+                api_key=s.inkeep_api_key,
+                max_concurrency=s.inkeep_max_concurrency,
+                rate_limit=s.inkeep_rate_limit_per_second,
+                timeout=s.inkeep_request_timeout_seconds,
+                max_retry_delay=s.inkeep_max_retry_delay_seconds,
+                on_answer=self.health.observe_api,
+            )
         await self._sink.start()
-        self._producer = AIOKafkaProducer(
-            **self._options,
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=LARGE_RECORD_BYTES,
-            # State records of many conversations go out together at each checkpoint.
-            max_batch_size=1024 * 1024,
-            linger_ms=5,
-            # Measured on a checkpoint of 300 open conversations: lz4 cuts the batch to 16%
-            # at ~1 GB/s; zstd to 10% at ~220 MB/s. Batches are compressed on the event loop,
-            # so the cheap codec wins; the state topic is read back whole on every restore.
-            compression_type="lz4",
-        )
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(
+                **self._options,
+                acks="all",
+                enable_idempotence=True,
+                max_request_size=LARGE_RECORD_BYTES,
+                # State records of many conversations go out together at each checkpoint.
+                max_batch_size=1024 * 1024,
+                linger_ms=5,
+                # Measured on a checkpoint of 300 open conversations: lz4 cuts the batch to
+                # 16% at ~1 GB/s; zstd to 10% at ~220 MB/s. Batches are compressed on the
+                # event loop, so the cheap codec wins; the state topic is read back whole on
+                # every restore.
+                compression_type="lz4",
+            )
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            **self._options,
-            group_id=s.kafka_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=s.kafka_auto_offset_reset,
-            # A revocation flushes and writes state before it returns; the group waits that long.
-            rebalance_timeout_ms=int((s.shutdown_grace_seconds + 30) * 1000),
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                **self._options,
+                group_id=s.kafka_group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=s.kafka_auto_offset_reset,
+                # A revocation flushes and writes state before it returns; the group waits
+                # that long.
+                rebalance_timeout_ms=int((s.shutdown_grace_seconds + 30) * 1000),
+            )
+        self._commits = Checkpoints(
+            self._producer,
+            self._consumer,
+            state_topic=s.kafka_state_topic,
+            dlq_topic=s.kafka_dlq_topic,
+            on_fail=self._stopping.set,
         )
         self._consumer.subscribe([s.kafka_topic], listener=_Listener(self))
         await self._consumer.start()
@@ -243,6 +296,7 @@ class Worker:
 
     async def _step(self) -> None:
         assert self._consumer is not None
+        assert self._commits is not None
         batch = await self._consumer.getmany(
             timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_buffered_records
         )
@@ -261,13 +315,13 @@ class Worker:
             self._collect(now)
             if now >= self._next_tick:
                 self._tick(now)
-            await self._send_dead_letters()
+            await self._commits.send_dead_letters()
             self._backpressure()
-            await self._settle(block=False)
+            await self._commits.settle(block=False)
             # On the interval, and as soon as the input is drained, so a quiet partition's
             # offsets do not wait a whole interval; one checkpoint in flight at a time.
             due = now >= self._next_checkpoint or (not batch and self._activity)
-            if due and not self._checkpoints:
+            if due and not self._commits.pending:
                 self._activity = False
                 await self._checkpoint(list(self._parts.values()), wait=False)
                 self._next_checkpoint = now + self.settings.commit_interval_seconds
@@ -454,50 +508,14 @@ class Worker:
         self._dispatch(part, part.engine.dead_lettered(flush.conversation_id, flush.seq, now))
 
     def _dead_letter(self, record: DeadLetter, *, what: str, reason: str) -> None:
+        assert self._commits is not None
         metrics.dead_lettered.labels(what, reason).inc()
-        self._outbox.append(record)
-
-    async def _send_dead_letters(self) -> None:
-        outbox, self._outbox = self._outbox, []
-        # Keyed, on any partition: the dead-letter topic's partition count is its owner's choice.
-        for record in outbox:
-            await self._produce(
-                self.settings.kafka_dlq_topic, record.key, record.value, None, record.headers
-            )
-
-    async def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        """Queues a state or dead-letter record; `_checkpoint` waits for the broker's ack."""
-        assert self._producer is not None
-        try:
-            future = await self._producer.send(
-                topic, value, key=key, partition=partition, headers=headers
-            )
-        except BaseException:
-            self.fail()
-            raise
-        self._unacked.append(future)
+        self._commits.dead_letter(record)
 
     def fail(self, reason: str | None = "durable_write_failed") -> None:
-        """A record that had to be durable was not, or a rebalance step failed: stop.
-
-        The engine and the outbox have handed their records over, so a later
-        checkpoint could commit offsets past what never reached the broker.
-        Stopping without committing leaves the replay to the next start.
-        `reason` is logged once; None when the caller logged it already.
-        """
-        if not self._failed and reason == "durable_write_failed":
-            metrics.durable_writes_failed.inc()
-        if not self._failed and reason is not None:
-            log.error(reason, hint=STOPPING)
-        self._failed = True
-        self._stopping.set()
+        """Stops the worker without committing further (`Checkpoints.fail`)."""
+        assert self._commits is not None  # Made before the consumer can call a listener.
+        self._commits.fail(reason)
 
     def _tick(self, now: float) -> None:
         """Time-driven work: idle and max-open flushes, the memory bound, gauges."""
@@ -506,16 +524,12 @@ class Worker:
             self._dispatch(part, part.engine.due(now))
         # Conversations already closing leave memory when their flush is answered; counting
         # them again would shed a healthy one for each, every tick, while the API is slow.
-        excess = sum(p.engine.active_count for p in self._parts.values()) - (
-            self.settings.max_open_conversations
+        plan = shed_plan(
+            [(p, p.engine.active_count) for p in self._parts.values()],
+            self.settings.max_open_conversations,
         )
-        if excess > 0:
-            for part in sorted(self._parts.values(), key=lambda p: -p.engine.active_count):
-                if excess <= 0:
-                    break
-                count = min(excess, part.engine.active_count)
-                self._dispatch(part, part.engine.shed(count, now))
-                excess -= count
+        for part, count in plan:
+            self._dispatch(part, part.engine.shed(count, now))
         metrics.open_conversations.set(sum(p.engine.open_count for p in self._parts.values()))
         for part in self._parts.values():
             metrics.events_duplicate.inc(part.engine.duplicates - part.duplicates)
@@ -534,12 +548,12 @@ class Worker:
         assert self._sink is not None
         pending = sum(len(p.tasks) for p in self._parts.values())
         metrics.pending_flushes.set(pending)
-        limit = self.settings.max_pending_flushes
-        reason: str | None = None
-        if self._sink.auth_failed:
-            reason = "auth"
-        elif pending >= limit or (self._paused == "backpressure" and pending > limit // 2):
-            reason = "backpressure"
+        reason = pause_reason(
+            auth_failed=self._sink.auth_failed,
+            pending=pending,
+            limit=self.settings.max_pending_flushes,
+            paused=self._paused,
+        )
         assigned = list(self._parts)
         if reason is not None:
             if assigned:
@@ -558,77 +572,17 @@ class Worker:
             self._paused = None
 
     async def _checkpoint(self, parts: list[_Partition], *, wait: bool) -> None:
-        """Makes the handled records durable, then commits their offsets.
-
-        The order is the whole point; do not reorder:
-        1. produce the state of every conversation changed since the last
-           checkpoint to the state topic, in the partition of its input;
-        2. wait until the broker has every state and dead-letter record
-           (acks=all) — a failure here stops the worker before anything more
-           is committed, and the next owner replays from the last commit;
-        3. commit each partition's position, held back to the first event of
-           any conversation whose flush the API has not acknowledged yet, so
-           that while the API is down offsets never pass unflushed work.
-        A committed offset therefore never covers an event whose effect exists
-        only in this process. Steps 2 and 3 run in `_settle`: the loop goes on
-        while the broker acknowledges (`wait=False`); checkpoints settle in the
-        order they were taken, so commits only move forward. A revocation or
-        shutdown waits (`wait=True`).
-        """
-        if self._failed:
+        """Hands the partitions' state and positions to `Checkpoints.take` (the commit order)."""
+        assert self._commits is not None
+        if self._commits.failed:
             return
-        await self._send_dead_letters()
-        offsets: dict[TopicPartition, int] = {}
-        written = 0
+        taken = []
         for part in parts:
             checkpoint = part.engine.checkpoint()
-            for key, value in checkpoint.records:
-                await self._produce(self.settings.kafka_state_topic, key, value, part.tp.partition)
-            written += len(checkpoint.records)
-            target = part.position
-            if target is not None and checkpoint.hold is not None:
-                target = min(target, checkpoint.hold)
-            if target is not None:
-                offsets[part.tp] = target
-        metrics.state_records_written.inc(written)
-        acks, self._unacked = self._unacked, []
-        self._checkpoints.append(_PendingCheckpoint(acks, offsets))
-        if wait:
-            await self._settle(block=True)
-
-    async def _settle(self, *, block: bool) -> None:
-        """Steps 2 and 3 of `_checkpoint`, oldest checkpoint first."""
-        assert self._consumer is not None
-        while self._checkpoints:
-            head = self._checkpoints[0]
-            if not block and not all(ack.done() for ack in head.acks):
-                return
-            self._checkpoints.popleft()
-            try:
-                await asyncio.gather(*head.acks)
-            except BaseException:
-                self.fail()
-                raise
-            if self._failed:
-                return
-            offsets = {
-                tp: offset
-                for tp, offset in head.offsets.items()
-                if tp in self._parts and offset > (self._parts[tp].committed or -1)
-            }
-            if not offsets:
-                continue
-            try:
-                await self._consumer.commit(offsets)
-            except KafkaError as exc:
-                # Safe to skip: the state is durable, and whoever replays from the last
-                # commit finds these events already applied.
-                log.warning("commit_failed", error=f"{type(exc).__name__}: {exc}")
-                metrics.offset_commits_failed.inc()
-                continue
-            metrics.offsets_committed.inc(len(offsets))
-            for tp, offset in offsets.items():
-                self._parts[tp].committed = offset
+            taken.append(
+                PartitionState(part.tp, checkpoint.records, part.position, checkpoint.hold)
+            )
+        await self._commits.take(taken, wait=wait)
 
     async def _drain(self, parts: list[_Partition], deadline: float) -> None:
         """Lets the given partitions' flushes finish, feeding results back, until `deadline`."""
@@ -643,7 +597,8 @@ class Worker:
             )
             self._collect(self._clock())
             self.health.beat()  # A bounded drain is progress; liveness must not fail on it.
-            await self._send_dead_letters()
+            assert self._commits is not None
+            await self._commits.send_dead_letters()
 
     async def _close_partitions(
         self, parts: list[_Partition], trigger: Trigger, budget: float
@@ -673,6 +628,8 @@ class Worker:
             del self._parts[part.tp]
             with contextlib.suppress(KeyError):  # a stale gauge would report lag nobody owns
                 metrics.consumer_lag.remove(part.tp.topic, str(part.tp.partition))
+        assert self._commits is not None
+        self._commits.release(part.tp for part in parts)
         metrics.open_conversations.set(sum(p.engine.open_count for p in self._parts.values()))
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
@@ -688,11 +645,13 @@ class Worker:
     async def assign(self, assigned: list[TopicPartition]) -> None:
         """Restores the assigned partitions' conversations before any of their records is read."""
         assert self._consumer is not None
+        assert self._commits is not None
         async with self._lock:
             new = [tp for tp in assigned if tp not in self._parts]
             self.health.set_restoring(True)
             now = self._clock()
             engines = {tp.partition: PartitionEngine(self._config) for tp in new}
+            log.info("partitions_restoring", partitions=sorted(engines))
             started = time.monotonic()
 
             def restore(partition: int, key: bytes, value: bytes | None) -> None:
@@ -705,8 +664,9 @@ class Worker:
             ends = await self._consumer.end_offsets(new) if new else {}
             for tp in new:
                 committed = await self._consumer.committed(tp)
-                part = _Partition(tp, engines[tp.partition], committed)
+                part = _Partition(tp, engines[tp.partition])
                 self._parts[tp] = part
+                self._commits.own(tp, committed)
                 if (committed or 0) >= ends[tp]:
                     self._dispatch(part, part.engine.restored(now))
                 else:
@@ -724,7 +684,7 @@ class Worker:
             self.health.set_assigned(True)
 
     async def _shutdown(self) -> None:
-        if self._sink is None:
+        if not self._topics_ready:
             return  # Never got past checking the topics: nothing to flush or close.
         started = asyncio.get_running_loop().time()
         log.info("worker_stopping")
@@ -753,13 +713,17 @@ class Worker:
         )
 
 
-async def run(settings: Settings) -> int:
-    """The `run` command: the worker, its health server, and signal handling."""
+async def run(
+    settings: Settings,
+    *,
+    worker: Worker | None = None,
+    host: str = "0.0.0.0",  # noqa: S104 - probes come from outside the pod.
+) -> int:
+    """The `run` command (and the demo's worker): the worker, its health server, signals."""
     configure_logs(settings.log_level, settings.log_format)
-    health = Health()
-    server = HealthServer(health)
-    await server.start(port=settings.http_port)
-    worker = Worker(settings, health=health)
+    worker = worker or Worker(settings)
+    server = HealthServer(worker.health)
+    await server.start(host=host, port=settings.http_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

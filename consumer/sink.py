@@ -207,8 +207,6 @@ class Sink:
         self._auth_ok = asyncio.Event()
         self._auth_ok.set()
         self._auth_changed = 0.0
-        self.last_success: float | None = None
-        """`time.monotonic()` of the last 2xx answer."""
         self.reachable = True
         """False while the latest request got no answer, or a 5xx."""
 
@@ -354,8 +352,6 @@ class Sink:
         self.reachable = answer.status is not None and answer.status < 500
         if self._on_answer is not None:
             self._on_answer(self.reachable, answer.label)
-        if error is None:
-            self.last_success = time.monotonic()
         # An answer to a request sent before the last change of state is stale: it says
         # nothing about the key now, so it does not flip the state back.
         if answer.sent < self._auth_changed:

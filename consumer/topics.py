@@ -23,11 +23,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from consumer.admin import create_topics
 from consumer.errors import ConfigError
 
 log = structlog.get_logger(__name__)
-
-TOPIC_ALREADY_EXISTS = 36
 
 LARGE_RECORD_BYTES = 16 * 1024 * 1024
 """State and dead-letter records hold whole conversations, which may exceed Kafka's 1 MB default."""
@@ -107,13 +106,12 @@ async def ensure_topics(
             if name not in existing
         ]
         if missing:
-            response = await admin.create_topics(missing)
-            for topic, code, *rest in response.topic_errors:
-                if code not in (0, TOPIC_ALREADY_EXISTS):  # Another worker may have won the race.
-                    raise ConfigError(
-                        "KAFKA_STATE_TOPIC" if topic == state_topic else "KAFKA_DLQ_TOPIC",
-                        f"cannot create {topic!r}: error {code} {rest[0] if rest else ''}".rstrip(),
-                    )
+            result = await create_topics(admin, missing)  # Another worker may win the race.
+            for topic, error in result.failed.items():
+                raise ConfigError(
+                    "KAFKA_STATE_TOPIC" if topic == state_topic else "KAFKA_DLQ_TOPIC",
+                    f"cannot create {topic!r}: {error}",
+                )
             log.info("topics_created", topics=[t.name for t in missing], partitions=partitions)
         return partitions
     finally:

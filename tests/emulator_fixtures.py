@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from consumer.emulator import Emulator, Endpoint, recording_path
+from consumer.testing.emulator import Emulator, Endpoint, recording_path
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from consumer.localkafka import KafkaCluster, create_topic
+from consumer.admin import create_topic
+from consumer.testing.localkafka import KafkaCluster
 
 __all__ = [
     "KafkaEndpoint",

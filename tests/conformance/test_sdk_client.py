@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from emulator_fixtures import API_KEY, recorded_path
 
-from consumer import emulator as emulator_module
-from consumer.emulator import Emulator, Endpoint
+from consumer.testing import emulator as emulator_module
+from consumer.testing.emulator import Emulator, Endpoint
 
 pytestmark = pytest.mark.conformance
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from harness import Worker
 
-from consumer.emulator import Emulator
+from consumer.testing.emulator import Emulator
 
 
 @pytest.fixture

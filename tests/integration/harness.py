@@ -24,10 +24,10 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
-from consumer import payload
-from consumer.emulator import Emulator
+from consumer import admin, payload
+from consumer.testing.emulator import Emulator
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
@@ -125,12 +125,7 @@ def expected_bodies(events: Iterable[dict[str, Any]], tmp: Path) -> dict[str, pa
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int, replication: int = 1) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, replication)])
-    finally:
-        await admin.close()
+    await admin.create_topic(bootstrap, name, partitions, replication_factor=replication)
 
 
 async def produce(
@@ -183,36 +178,22 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[An
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-        assert tps, f"topic {topic} has no partitions"
-        return {tp.partition: offset for tp, offset in (await reader.end_offsets(tps)).items()}
-    finally:
-        await reader.stop()
+    offsets = await admin.end_offsets(bootstrap, topic)
+    return {tp.partition: offset for tp, offset in offsets.items()}
 
 
 async def topic_names(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
     try:
-        return set(await admin.list_topics())
+        return set(await client.list_topics())
     finally:
-        await admin.close()
+        await client.close()
 
 
 async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        partitions = sorted(reader.partitions_for_topic(topic) or set())
-        assert partitions, f"topic {topic} has no partitions"
-        return {p: await reader.committed(TopicPartition(topic, p)) for p in partitions}
-    finally:
-        await reader.stop()
+    offsets = await admin.committed_offsets(bootstrap, group, topic)
+    return {tp.partition: offset for tp, offset in offsets.items()}
 
 
 async def committed_to_the_end(
@@ -237,7 +218,7 @@ async def all_logged(emulator: Emulator, expected: dict[str, payload.Conversatio
 
 
 def history_only_grows(emulator: Emulator) -> None:
-    """Promise 3: every accepted body's message ids are a prefix of the final ones."""
+    """No upsert shortened a history: every accepted body's message ids prefix the final ones."""
     for raw in emulator.accepted:
         body = payload.decode(raw)
         final = [m.id for m in emulator.conversations[body.id].messages]
@@ -339,20 +320,29 @@ class Worker:
 
     def logs(self) -> list[dict[str, Any]]:
         """Every JSON log line of every start so far."""
-        lines: list[dict[str, Any]] = []
-        for path in sorted(self.log_dir.glob(f"{self.name}-*.log")):
-            for raw in path.read_bytes().splitlines():
-                try:
-                    lines.append(msgspec.json.decode(raw))
-                except msgspec.DecodeError:
-                    lines.append({"event": "non_json_line", "raw": raw.decode(errors="replace")})
-        return lines
+        paths = sorted(self.log_dir.glob(f"{self.name}-*.log"))
+        return [line for path in paths for line in _log_lines(path)]
+
+    def events(self) -> list[str]:
+        """The events logged since the latest start, in order."""
+        assert self.log_path is not None
+        return [str(line.get("event")) for line in _log_lines(self.log_path)]
 
     def stop_now(self) -> None:
         if self.alive():
             assert self.process is not None
             self.process.kill()
             self.process.wait(10)
+
+
+def _log_lines(path: Path) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    for raw in path.read_bytes().splitlines():
+        try:
+            lines.append(msgspec.json.decode(raw))
+        except msgspec.DecodeError:
+            lines.append({"event": "non_json_line", "raw": raw.decode(errors="replace")})
+    return lines
 
 
 async def metrics_text(worker: Worker) -> str | None:

@@ -40,7 +40,7 @@ from harness import (
 from kafka_fixtures import make_topic
 
 from consumer import payload
-from consumer.emulator import Emulator
+from consumer.testing.emulator import Emulator
 
 pytestmark = pytest.mark.integration
 

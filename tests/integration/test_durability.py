@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from harness import (
     assert_matches,
@@ -16,6 +16,8 @@ from harness import (
     wait_for,
 )
 
+from consumer import admin as kafka_admin
+
 pytestmark = pytest.mark.integration
 
 
@@ -24,13 +26,13 @@ async def test_refused_state_write_commits_nothing_and_a_restart_recovers(
 ):
     topic, group = fresh("chat"), fresh("g")
     await create_topic(kafka.bootstrap_servers, topic, 1)
+    # A state topic made by hand with a limit too small for a conversation's state.
+    await kafka_admin.create_topic(
+        kafka.bootstrap_servers, f"{topic}.state", 1, config={"max.message.bytes": "600"}
+    )
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     await admin.start()
     try:
-        # A state topic made by hand with a limit too small for a conversation's state.
-        await admin.create_topics(
-            [NewTopic(f"{topic}.state", 1, 1, topic_configs={"max.message.bytes": "600"})]
-        )
         events = conversation("big", 3, ended=True)
         for event in events[:-1]:
             event["request"]["messages"][-1]["content"] += " (details)" * 60

@@ -1,4 +1,4 @@
-"""Promises 1 to 3 while the brokers themselves fail: a restart, a lost cluster member.
+"""Nothing lost, doubled or shortened while the brokers fail: a restart, a lost cluster member.
 
 The worker runs as a real process against brokers the test owns; the API's final
 state must equal the same events rendered offline: every conversation present,
@@ -32,7 +32,7 @@ from harness import (
 from kafka_fixtures import make_topic
 
 from consumer import payload
-from consumer.emulator import Emulator
+from consumer.testing.emulator import Emulator
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from harness import REPO
 from kafka_fixtures import make_topic
 
-from consumer import localkafka
-from consumer.localkafka import KafkaCluster, LocalKafkaError
+from consumer.testing import localkafka
+from consumer.testing.localkafka import KafkaCluster, LocalKafkaError
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +224,7 @@ def test_fetch_without_maven_says_so(tmp_path, monkeypatch):
 
 async def test_cli_start_serves_until_sigterm(tmp_path):
     port = localkafka.free_ports(1)[0]
-    code = "import sys; from consumer.localkafka import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from consumer.testing.localkafka import main; sys.exit(main(sys.argv[1:]))"
     process = subprocess.Popen(
         [sys.executable, "-c", code, "start", "--port", str(port), "--data-dir", str(tmp_path)],
         cwd=REPO,

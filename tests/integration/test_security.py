@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from harness import (
     Worker,
@@ -29,8 +29,9 @@ from harness import (
     wait_for,
 )
 
-from consumer.emulator import Emulator
-from consumer.localkafka import ClientSecurity, KafkaCluster
+from consumer import admin as kafka_admin
+from consumer.testing.emulator import Emulator
+from consumer.testing.localkafka import ClientSecurity, KafkaCluster
 
 pytestmark = pytest.mark.integration
 
@@ -196,13 +197,7 @@ def start_worker(
 async def create_input_topic(broker: Broker, partitions: int = 2) -> str:
     """The input topic, created by the admin user over the secured listener."""
     topic = fresh("chat")
-    admin = AIOKafkaAdminClient(**broker.client_options(MECHANISMS[-1]))
-    await admin.start()
-    try:
-        response = await admin.create_topics([NewTopic(topic, partitions, 1)])
-        assert [code for _, code, *_ in response.topic_errors] == [0]
-    finally:
-        await admin.close()
+    assert await kafka_admin.create_topic(broker.client_options(MECHANISMS[-1]), topic, partitions)
     return topic
 
 
@@ -216,15 +211,8 @@ async def topics(broker: Broker) -> set[str]:
 
 
 async def record_count(broker: Broker, topic: str) -> int:
-    reader = AIOKafkaConsumer(**broker.client_options(MECHANISMS[-1]), group_id=None)
-    await reader.start()
-    try:
-        await reader._client.force_metadata_update()
-        partitions = reader.partitions_for_topic(topic) or set()
-        ends = await reader.end_offsets([TopicPartition(topic, p) for p in partitions])
-        return sum(ends.values())
-    finally:
-        await reader.stop()
+    offsets = await kafka_admin.end_offsets(broker.client_options(MECHANISMS[-1]), topic)
+    return sum(offsets.values())
 
 
 async def produce(broker: Broker, topic: str, events: list[dict[str, Any]]) -> None:

@@ -119,9 +119,9 @@ def test_delegated_subcommands_get_the_remaining_arguments(clean_env):
         seen.append(argv)
         return 3
 
-    module = types.ModuleType("consumer.localkafka")
+    module = types.ModuleType("consumer.testing.localkafka")
     module.main = fake_main
-    clean_env.setitem(sys.modules, "consumer.localkafka", module)
+    clean_env.setitem(sys.modules, "consumer.testing.localkafka", module)
     assert cli.main(["kafka", "start", "--port", "0"]) == 3
     assert seen == [["start", "--port", "0"]]
 
@@ -188,3 +188,19 @@ def test_check_config_shows_the_plain_http_opt_in(clean_env, capsys):
     values = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert values["INKEEP_API_BASE_URL"] == "http://emulator:8090"
     assert values["INKEEP_API_ALLOW_HTTP"] == "true"
+
+
+@pytest.mark.parametrize("name", ["kafka", "demo"])
+def test_source_only_tooling_absent_from_an_install_says_so(clean_env, capsys, name):
+    module = cli.DELEGATED[name][0]
+    clean_env.setitem(sys.modules, module, None)  # As in the wheel: the module is not there.
+    assert cli.main([name, "start"]) == 2
+    err = capsys.readouterr().err
+    assert f"inkeep-consumer {name}: not part of this installation" in err
+    assert "source checkout" in err
+
+
+def test_a_missing_dependency_inside_tooling_is_not_hidden(clean_env):
+    clean_env.setitem(sys.modules, "consumer.testing.workload", None)
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["produce"])

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer import payload
-from consumer.emulator import (
+from consumer.testing.emulator import (
     DATETIME_WITH_OFFSET,
     ApiConversation,
     ApiEvent,

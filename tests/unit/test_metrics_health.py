@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from consumer import metrics, runtime
+from consumer.checkpoint import Checkpoints
 from consumer.health import Health, HealthServer, Reachability
 from consumer.settings import Settings
 
@@ -368,6 +369,7 @@ async def test_an_assignment_keeps_liveness_while_its_restore_reads_records(monk
 
     monkeypatch.setattr(runtime, "read_state", slow_read_state)
     worker._consumer = Consumer()
+    worker._commits = Checkpoints(None, worker._consumer, state_topic="t.state", dlq_topic="t.dlq")
     await worker.assign([TopicPartition("t", 0)])
     assert seen == [(True, True)] * 30
     assert health.ready

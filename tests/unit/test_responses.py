@@ -41,9 +41,10 @@ from openai.types.responses.response_output_item import (
 )
 from openai.types.responses.response_reasoning_item import Summary
 
-from consumer import events, render, responses, workload
+from consumer import events, render, responses
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Trigger
 from consumer.errors import InvalidEvent
+from consumer.testing import workload
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFORMANCE = ROOT / "tests" / "conformance"

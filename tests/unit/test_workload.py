@@ -10,9 +10,9 @@ from itertools import pairwise
 
 import pytest
 
-from consumer import workload
 from consumer.events import ChatCompletion, ConversationEnded, decode_event
-from consumer.workload import Shape, generate, is_ended
+from consumer.testing import workload
+from consumer.testing.workload import Shape, generate, is_ended
 
 CONVERSATIONS = 400
 

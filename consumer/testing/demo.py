@@ -11,19 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from consumer import localkafka, workload
-from consumer.emulator import Emulator
-from consumer.health import Health, HealthServer
+from consumer import admin, runtime
 from consumer.logs import configure as configure_logs
 from consumer.runtime import Worker
 from consumer.settings import Settings
+from consumer.testing import localkafka, workload
+from consumer.testing.emulator import Emulator
 
 API_KEY = "demo-key"
 TOPIC = "chat-completions"
@@ -66,7 +65,7 @@ async def _demo(args: argparse.Namespace, kafka: localkafka.KafkaCluster) -> int
     emulator = Emulator(api_keys=(API_KEY,), record=record)
     await emulator.start()
     _say(f"Inkeep Analytics API emulator at {emulator.url} (key {API_KEY!r})")
-    await workload.ensure_topic(kafka.bootstrap_servers, TOPIC, args.partitions, 1)
+    await admin.create_topic(kafka.bootstrap_servers, TOPIC, args.partitions, exist_ok=True)
     settings = Settings.from_env(
         {
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -79,15 +78,10 @@ async def _demo(args: argparse.Namespace, kafka: localkafka.KafkaCluster) -> int
             "LOG_FORMAT": args.log_format,
         }
     )
-    health = Health()
-    server = HealthServer(health)
-    port = await server.start(host="127.0.0.1", port=args.http_port)
-    worker = Worker(settings, health=health)
-    running = asyncio.create_task(worker.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.stop)
-    _say(f"worker started; health and metrics at http://127.0.0.1:{port}/metrics")
+    worker = Worker(settings)
+    # The same wiring as `inkeep-consumer run`: logs, health server, signals.
+    running = asyncio.create_task(runtime.run(settings, worker=worker, host="127.0.0.1"))
+    _say(f"worker started; health and metrics at http://127.0.0.1:{args.http_port}/metrics")
     _say(
         f"producing {args.conversations} conversations at {args.rate:g} events/s; "
         "each line 'conversation_flushed' is one upsert the API acknowledged"
@@ -109,7 +103,6 @@ async def _demo(args: argparse.Namespace, kafka: localkafka.KafkaCluster) -> int
         producing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await producing
-    await server.stop()
     await emulator.stop()
     _summary(emulator, record, args.conversations, done=done)
     return code

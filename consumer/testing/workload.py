@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from consumer import admin
 from consumer.errors import ConsumerError
 
 if TYPE_CHECKING:
@@ -567,44 +568,6 @@ async def produce(  # noqa: PLR0913 - the knobs of a producer run, each with a d
     return tally.acknowledged
 
 
-async def ensure_topic(
-    bootstrap_servers: str,
-    topic: str,
-    partitions: int,
-    replication_factor: int = 1,
-    leader_wait: float = 30.0,
-) -> bool:
-    """Create `topic` unless it exists and wait until every partition has a leader.
-
-    Returns whether it was created.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
-    from aiokafka.errors import TopicAlreadyExistsError, for_code  # noqa: PLC0415
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        response = await admin.create_topics([NewTopic(topic, partitions, replication_factor)])
-        _, code, *rest = response.topic_errors[0]
-        error = for_code(code) if code else None
-        if error is not None and error is not TopicAlreadyExistsError:
-            raise WorkloadError(f"creating topic {topic!r} failed: {error.__name__} {rest[:1]}")
-        deadline = time.monotonic() + leader_wait
-        while not await _led(admin, topic):
-            if time.monotonic() > deadline:
-                raise WorkloadError(f"topic {topic!r} has no leader for every partition")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-    return error is None
-
-
-async def _led(admin: Any, topic: str) -> bool:
-    (described,) = await admin.describe_topics([topic])
-    parts = described["partitions"]
-    return described["error_code"] == 0 and all(p["leader"] >= 0 for p in parts) and bool(parts)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inkeep-consumer produce",
@@ -666,8 +629,12 @@ async def _produce_command(
 
     try:
         if args.partitions is not None:
-            created = await ensure_topic(
-                args.bootstrap_servers, args.topic, args.partitions, args.replication_factor
+            created = await admin.create_topic(
+                args.bootstrap_servers,
+                args.topic,
+                args.partitions,
+                replication_factor=args.replication_factor,
+                exist_ok=True,
             )
             if created:
                 _say(f"created topic {args.topic} with {args.partitions} partitions")
@@ -679,7 +646,7 @@ async def _produce_command(
             _say(f"produced {count:,} events in {elapsed:.1f}s ({speed:,.0f} events/s)")
 
         await produce(args.bootstrap_servers, args.topic, events, rate=args.rate, progress=report)
-    except KafkaError as exc:
+    except (KafkaError, admin.AdminError) as exc:
         raise WorkloadError(f"Kafka at {args.bootstrap_servers}: {exc}") from exc
     return 0
 

@@ -9,7 +9,6 @@ free 127.0.0.1 ports, with a data directory of its own and its logs in a file th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
 import base64
 import contextlib
@@ -28,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from consumer.errors import ConsumerError
 
@@ -314,7 +313,7 @@ class KafkaNode:
 
     @property
     def plaintext_port(self) -> int:
-        """Where a client without credentials (the readiness probe, `create_topic`) connects."""
+        """Where a client without credentials (the readiness probe, topic creation) connects."""
         return self.port if self.internal_port is None else self.internal_port
 
     @property
@@ -485,15 +484,6 @@ class KafkaCluster:
         """SIGTERM one node and wait for its controlled shutdown."""
         self._terminate([self.nodes[index]], timeout)
 
-    def kill_node(self, index: int) -> None:
-        """SIGKILL one node: no controlled shutdown, as in a crash."""
-        node = self.nodes[index]
-        if node.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                node.process.kill()
-            node.process.wait()
-        self._keep_class_archive(node)
-
     def start_node(self, index: int) -> None:
         """Start a stopped node again on its old ports and data, and wait until it serves."""
         node = self.nodes[index]
@@ -508,26 +498,6 @@ class KafkaCluster:
         for index in range(len(self.nodes)):
             self.stop_node(index)
             self.start_node(index)
-
-    def create_topic(
-        self,
-        name: str,
-        partitions: int = 1,
-        *,
-        replication_factor: int | None = None,
-        config: Mapping[str, str] | None = None,
-    ) -> None:
-        """Blocking form of `create_topic` (runs its own event loop on a helper thread)."""
-        rf = replication_factor or self.default_replication_factor
-        _run_in_thread(
-            create_topic(
-                self.plaintext_bootstrap_servers,
-                name,
-                partitions,
-                replication_factor=rf,
-                config=config,
-            )
-        )
 
     @property
     def default_replication_factor(self) -> int:
@@ -825,67 +795,6 @@ def _first_errors(text: str, limit: int = 6) -> str:
 
 def _last_lines(text: str, count: int) -> str:
     return "\n".join(text.rstrip().splitlines()[-count:])
-
-
-def _run_in_thread(coroutine: Any) -> None:
-    """Run a coroutine to completion on a fresh loop, even when called from inside a loop."""
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(coroutine)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below.
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name="localkafka-admin")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-
-
-async def create_topic(  # noqa: PLR0913 - the knobs of a Kafka topic.
-    bootstrap_servers: str,
-    name: str,
-    partitions: int = 1,
-    *,
-    replication_factor: int = 1,
-    config: Mapping[str, str] | None = None,
-    exist_ok: bool = False,
-    within: float = 30.0,
-) -> None:
-    """Create a topic and wait (up to `within` seconds) until every partition has a leader."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
-    from aiokafka.errors import for_code  # noqa: PLC0415
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        topic = NewTopic(name, partitions, replication_factor, topic_configs=dict(config or {}))
-        response = await admin.create_topics([topic], timeout_ms=int(within * 1000))
-        for topic_name, code, *rest in response.topic_errors:
-            if code == 0 or (exist_ok and code == 36):  # 36: TOPIC_ALREADY_EXISTS
-                continue
-            message = rest[0] if rest else None
-            error = for_code(code).__name__
-            raise LocalKafkaError(f"creating topic {topic_name!r} failed: {error} {message}")
-        deadline = time.monotonic() + within
-        while not await _has_leaders(admin, name, partitions):
-            if time.monotonic() > deadline:
-                raise LocalKafkaError(f"topic {name!r} has no leader for every partition yet")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-
-
-async def _has_leaders(admin: Any, name: str, partitions: int) -> bool:
-    described: list[dict[str, Any]] = await admin.describe_topics([name])
-    for topic in described:
-        if topic["topic"] != name or topic["error_code"] != 0:
-            return False
-        leaders = [p for p in topic["partitions"] if p["error_code"] == 0 and p["leader"] >= 0]
-        return len(leaders) == partitions
-    return False
 
 
 def _parser() -> argparse.ArgumentParser:
