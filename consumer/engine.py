@@ -64,6 +64,9 @@ class EngineConfig:
     max_open: float = 3600.0
     state_retention: float = 86400.0
     max_body_bytes: int = payload.MAX_BODY_BYTES
+    whole_records: bool = False
+    """Write open conversations whole (`P`), never a segment: the layout release 0.1
+    reads, for a fleet that still runs it (`STATE_UPGRADE_FROM=0.1`). Both are read."""
 
 
 class Flush(msgspec.Struct, frozen=True):
@@ -417,14 +420,23 @@ class PartitionEngine:
         head; otherwise the record at its head key (consolidated state, marker or
         tombstone) then tombstones for the segments that head no longer names. Stray
         segments left by a crash are tombstoned first, before any segment is written.
+        With `whole_records`, an open one is its whole `P` record, then tombstones for
+        the segments of the log it had, if any.
         """
         self._assemble()
         records: list[tuple[bytes, bytes | None]] = [(key, None) for key in self._sweep]
         self._sweep = []
-        for cid in self._changed:
+        whole = self._config.whole_records
+        # Whole records also rewrite every conversation still in the log layout (restored
+        # so, or logged before the switch): the topic converges to what release 0.1 reads.
+        changed = dict.fromkeys([*self._changed, *self._logs]) if whole else self._changed
+        for cid in changed:
             conv = self._open.get(cid)
             if conv is not None:
-                self._log_records(conv, records)
+                if whole:
+                    self._whole_record(conv, records)
+                else:
+                    self._log_records(conv, records)
                 continue
             done = self._done.get(cid)
             marker = self._markers.get(cid)
@@ -441,6 +453,22 @@ class PartitionEngine:
         held = (self._open[cid].unacked_from for cid in self._held)
         hold = min((offset for offset in held if offset is not None), default=None)
         return Checkpoint(records=records, covers=self._covers, hold=hold)
+
+    def _whole_record(
+        self, conv: state.ConversationState, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Writes an open conversation whole, as release 0.1 did, then retires its log if any.
+
+        The whole record replaces the head first, so the segments go only once no head
+        names them; a later log starts afresh (a new epoch, the whole history in it).
+        """
+        cid = conv.id
+        if isinstance(conv.seen, state.SeenKeys):
+            conv.seen.take()
+        records.append((changelog.head_key(cid), state.encode_record(conv)))
+        log = self._logs.pop(cid, None)
+        if log is not None:
+            records += [(key, None) for key in log.keys(cid)]
 
     def _log_records(
         self, conv: state.ConversationState, records: list[tuple[bytes, bytes | None]]

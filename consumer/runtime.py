@@ -169,6 +169,7 @@ class Worker:
             idle_timeout=settings.conversation_idle_timeout_seconds,
             max_open=settings.conversation_max_open_seconds,
             state_retention=settings.conversation_state_retention_seconds,
+            whole_records=bool(settings.state_upgrade_from),
         )
         self._parts: dict[TopicPartition, _Partition] = {}
         self._lock = asyncio.Lock()
