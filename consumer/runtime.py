@@ -270,8 +270,9 @@ class Worker:
                 # Measured on a checkpoint of 300 open conversations: lz4 cuts the batch to
                 # 16% at ~1 GB/s; zstd to 10% at ~220 MB/s. Batches are compressed on the
                 # event loop, so the cheap codec wins; the state topic is read back whole on
-                # every restore.
-                compression_type="lz4",
+                # every restore. Release 0.1 has no lz4 codec: while it shares the group
+                # (STATE_UPGRADE_FROM), batches go uncompressed, as it wrote them.
+                compression_type=None if s.state_upgrade_from else "lz4",
             )
         await self._producer.start()
         if self._consumer is None:
