@@ -431,8 +431,8 @@ LEGACY_DONE = bytes.fromhex(
 """Records written by the previous release (whole conversations, `P`/`Z` + msgpack `c1`) for:"""
 
 
-def legacy_run() -> tuple[PartitionEngine, float]:
-    engine = PartitionEngine(CONFIG)
+def legacy_run(config: EngineConfig = CONFIG) -> tuple[PartitionEngine, float]:
+    engine = PartitionEngine(config)
     for step in range(3):
         engine.apply(event("open", step, "turn"), step, float(step))
     for step in range(3, 5):
@@ -459,3 +459,50 @@ def test_records_in_the_earlier_whole_format_restore_the_same_conversations():
     assert snapshot(restore([*legacy, *records])) == snapshot(engine)
     assert snapshot(restore(compacted([*legacy, *records]))) == snapshot(engine)
     assert len(engine._open["done"].entries) == 6
+
+
+COMPAT = replace(CONFIG, whole_records=True)
+
+
+def test_a_compat_worker_writes_back_whole_what_a_changelog_worker_logged():
+    """Phase 2: a partition goes from a worker without the setting to one with it, and back."""
+    engine, now = live()
+    log = engine.checkpoint().records
+    engine.apply(event("c", 6, "turn"), 6, now)
+    log += engine.checkpoint().records
+    compat = restore(log, COMPAT)
+    records = compat.checkpoint().records  # Unchanged since the restore, rewritten all the same.
+    assert [(k, (v or b"-")[:1]) for k, v in records] == [
+        (b"c", b"P"),
+        (changelog.segment_key("c", 0), b"-"),
+        (changelog.segment_key("c", 1), b"-"),
+    ]
+    log += records
+    assert previous_release_restore(compacted(log)) == snapshot(engine)
+    assert snapshot(restore(log)) == snapshot(engine)
+    assert compat.checkpoint().records == []
+    # Back to a worker without the setting: a new log, the whole history in segment 0.
+    compat.apply(event("c", 7, "turn"), 7, now)
+    engine.apply(event("c", 7, "turn"), 7, now)
+    log += compat.checkpoint().records
+    after = restore(log)
+    after.apply(event("c", 8, "turn"), 8, now)
+    engine.apply(event("c", 8, "turn"), 8, now)
+    records = after.checkpoint().records
+    assert [k for k, _ in records] == [changelog.segment_key("c", 0), b"c"]
+    segment = changelog.decode(records[0][1] or b"")
+    assert isinstance(segment, changelog.Segment)
+    assert (segment.start, len(segment.entries)) == (0, 18)
+    log += records
+    assert snapshot(restore(log)) == snapshot(engine)
+    assert snapshot(restore(compacted(log))) == snapshot(engine)
+
+
+def test_compat_records_are_the_previous_release_s_format():
+    """What the previous release wrote for the same events, byte for byte where it is plain."""
+    compat, _ = legacy_run(COMPAT)
+    records = dict(compat.checkpoint().records)
+    assert set(records) == {b"open", b"done"}
+    assert records[b"open"] == LEGACY_OPEN
+    assert state.decode_record(records[b"done"]) == state.decode_record(LEGACY_DONE)
+    assert previous_release_restore(list(records.items())) == snapshot(compat)
