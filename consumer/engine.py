@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from consumer import events, payload, responses, state
+from consumer import events, feedback, payload, responses, state
 from consumer.errors import Rejected
 from consumer.fit import fit
 
@@ -96,7 +96,38 @@ class Refusal(msgspec.Struct, frozen=True):
     reason: str = "fewer_messages"
 
 
-Decision = Flush | Refusal
+class Notice(msgspec.Struct, frozen=True):
+    """Send `body` to `path` (`POST /feedback` or `/events`), then call
+    `notice_acknowledged` or `notice_dead_lettered` with `offset`.
+
+    Issued only once the API has acknowledged a conversation body holding the
+    message it names; at most one per conversation is out at a time, in input
+    order, so a changed rating never lands before the one it replaces.
+    """
+
+    conversation_id: str
+    offset: int
+    kind: feedback.NoticeKind
+    path: str
+    body: bytes
+    created: float
+
+
+class NoticeRefusal(msgspec.Struct, frozen=True):
+    """A feedback or interaction that cannot be logged; it goes to the dead-letter topic.
+
+    `body` is the request that would have been sent, or the event itself when none
+    could be built. `reason` is a `feedback.Unresolved`.
+    """
+
+    conversation_id: str
+    offset: int
+    kind: feedback.NoticeKind
+    reason: feedback.Unresolved
+    body: bytes
+
+
+Decision = Flush | Refusal | Notice | NoticeRefusal
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -139,6 +170,8 @@ class PartitionEngine:
         self._changed: dict[str, None] = {}
         self._covers: int | None = None
         self._restoring = False
+        self._noticed: dict[str, int] = {}
+        """Conversations with notices waiting or out: the input offset of the oldest."""
         self.duplicates = 0
         """Events ignored as already applied, for the runtime's counter."""
 
@@ -167,9 +200,12 @@ class PartitionEngine:
         self._done.pop(cid, None)
         self._markers.pop(cid, None)
         self._held.pop(cid, None)
+        self._noticed.pop(cid, None)
         if value is None:
             return
         record = state.decode_record(value)
+        if isinstance(record, state.ConversationState):
+            self._index(record)
         if isinstance(record, state.Marker):
             self._markers[cid] = record
         elif record.complete:
@@ -212,6 +248,12 @@ class PartitionEngine:
                 conv.in_flight_trigger = None
                 conv.dirty = True
                 decisions += self._issue(conv, trigger, now)
+        for cid in list(self._noticed):
+            noted = self._find(cid)
+            if noted is not None:
+                for notice in noted.notices:
+                    notice.sent = False
+                decisions += self._pump(noted, now)
         return decisions
 
     def is_duplicate(self, event: events.Event, offset: int) -> bool:
@@ -230,6 +272,8 @@ class PartitionEngine:
     def apply(self, event: events.Event, offset: int, now: float) -> list[Decision]:
         """Applies one event at input `offset`; a `conversation.ended` flushes at once."""
         self.skip(offset)
+        if isinstance(event, events.Feedback | events.Interaction):
+            return self._note(event, offset, now)
         cid = event.conversation_id
         key = state.event_key(event.event_id)
         found = self._open.get(cid)
@@ -283,12 +327,26 @@ class PartitionEngine:
         return decisions
 
     def acknowledged(self, conversation_id: str, seq: int, now: float) -> list[Decision]:
-        """The API took flush `seq`; issues the flush that became due meanwhile, if any."""
+        """The API took flush `seq`; issues the flush that became due meanwhile, if any,
+        and the notices whose message the API now holds."""
         return self._settle(conversation_id, seq, now, acked=True)
 
     def dead_lettered(self, conversation_id: str, seq: int, now: float) -> list[Decision]:
         """The API refused flush `seq` for good and its body is on the dead-letter topic."""
         return self._settle(conversation_id, seq, now, acked=False)
+
+    def notice_acknowledged(self, conversation_id: str, offset: int, now: float) -> list[Decision]:
+        """The API took the notice from input `offset`; issues the next one when it can go."""
+        return self._notice_settled(conversation_id, offset, now)
+
+    def notice_dead_lettered(self, conversation_id: str, offset: int, now: float) -> list[Decision]:
+        """The API refused the notice from `offset` for good; it is on the dead-letter topic."""
+        return self._notice_settled(conversation_id, offset, now)
+
+    @property
+    def waiting_notices(self) -> int:
+        """Conversations with a feedback or interaction not yet settled, for a gauge."""
+        return len(self._noticed)
 
     def checkpoint(self) -> Checkpoint:
         records: list[tuple[bytes, bytes | None]] = []
@@ -305,7 +363,8 @@ class PartitionEngine:
                 value = state.encode_record(marker)
             records.append((cid.encode(), value))
         self._changed.clear()
-        held = (self._open[cid].unacked_from for cid in self._held)
+        held = [self._open[cid].unacked_from for cid in self._held]
+        held += self._noticed.values()
         hold = min((offset for offset in held if offset is not None), default=None)
         return Checkpoint(records=records, covers=self._covers, hold=hold)
 
@@ -345,7 +404,7 @@ class PartitionEngine:
     def _touch(
         self,
         conv: state.ConversationState,
-        event: events.Event,
+        event: events.ChatCompletion | events.ConversationEnded | events.ResponseEvent,
         key: int,
         offset: int,
         now: float,
@@ -403,7 +462,7 @@ class PartitionEngine:
             conv.unacked_from = None
             if conv.closing:
                 self._complete(conv, now)
-            return []
+            return self._pump(conv, now)
         conv.seq += 1
         reason = "history_expired" if conv.partial else "fewer_messages"
         if not conv.partial and count >= conv.acked_count:
@@ -441,7 +500,7 @@ class PartitionEngine:
         conv.unacked_from = None
         if conv.closing:
             self._complete(conv, now)
-        return [refusal]
+        return [refusal, *self._pump(conv, now)]
 
     def _settle(self, cid: str, seq: int, now: float, *, acked: bool) -> list[Decision]:
         conv = self._open.get(cid)
@@ -456,11 +515,11 @@ class PartitionEngine:
         conv.since_issue_from = None
         self._changed[cid] = None
         if conv.pending is not None:
-            return self._issue(conv, Trigger(conv.pending), now)
+            return self._issue(conv, Trigger(conv.pending), now) + self._pump(conv, now)
         self._held.pop(cid, None)
         if conv.closing and not conv.dirty:
             self._complete(conv, now)
-        return []
+        return self._pump(conv, now)
 
     def _complete(self, conv: state.ConversationState, now: float) -> None:
         cid = conv.id
@@ -522,6 +581,7 @@ class PartitionEngine:
             if done.completed_at + retention > now:
                 break
             del self._done[cid]
+            self._noticed.pop(cid, None)
             self._markers[cid] = state.Marker(
                 id=cid,
                 acked_count=done.acked_count,
@@ -537,6 +597,106 @@ class PartitionEngine:
                 break
             del self._markers[cid]
             self._changed[cid] = None
+
+    def _note(self, event: feedback.Note, offset: int, now: float) -> list[Decision]:
+        """A feedback or interaction: resolved now, against the history as applied so far.
+
+        Within a partition the completion's event comes before anything about it,
+        so an unknown conversation or completion is final here. The conversation's
+        life cycle is untouched: a notice neither reopens nor dirties it.
+        """
+        cid = event.conversation_id
+        kind = feedback.NoticeKind.FEEDBACK
+        if isinstance(event, events.Interaction):
+            kind = feedback.NoticeKind.EVENT
+        conv = self._find(cid)
+        if conv is None:
+            marker = self._markers.get(cid)
+            if marker is not None and offset <= marker.last_offset:
+                self.duplicates += 1
+                return []
+            reason = feedback.Unresolved.UNKNOWN_CONVERSATION
+            if marker is not None:
+                reason = feedback.Unresolved.HISTORY_EXPIRED
+            return [NoticeRefusal(cid, offset, kind, reason, feedback.encode_event(event))]
+        key = state.event_key(event.event_id)
+        if offset <= conv.last_offset or key in conv.seen:
+            self.duplicates += 1
+            return []
+        conv.seen.add(key)
+        conv.last_offset = offset
+        prepared = feedback.prepare(conv, event, offset)
+        decisions: list[Decision] = []
+        if isinstance(prepared, feedback.Unresolved):
+            decisions.append(
+                NoticeRefusal(cid, offset, kind, prepared, feedback.encode_event(event))
+            )
+            self._save(conv)
+        else:
+            conv.notices.append(prepared)
+            decisions += self._pump(conv, now)
+        return decisions
+
+    def _pump(self, conv: state.ConversationState, now: float) -> list[Decision]:
+        """Issues the oldest notice once the API holds its message; refuses it when no
+        flush that could log the message is left. Saves the conversation."""
+        decisions: list[Decision] = []
+        while conv.notices and not self._restoring:
+            head = conv.notices[0]
+            kind = feedback.NoticeKind(head.kind)
+            if head.sent:
+                break
+            if head.need <= conv.acked_count:
+                head.sent = True
+                decisions.append(
+                    Notice(conv.id, head.offset, kind, feedback.PATHS[kind], head.body, now)
+                )
+                break
+            if conv.id in self._open and (conv.in_flight or conv.pending or conv.dirty):
+                break
+            conv.notices.pop(0)
+            decisions.append(
+                NoticeRefusal(
+                    conv.id, head.offset, kind, feedback.Unresolved.MESSAGE_NOT_LOGGED, head.body
+                )
+            )
+        self._save(conv)
+        return decisions
+
+    def _notice_settled(self, cid: str, offset: int, now: float) -> list[Decision]:
+        conv = self._find(cid)
+        if conv is None or not conv.notices:
+            return []
+        head = conv.notices[0]
+        if head.offset != offset or not head.sent:
+            return []
+        conv.notices.pop(0)
+        return self._pump(conv, now)
+
+    def _find(self, cid: str) -> state.ConversationState | None:
+        """The conversation open or completed (a decoded copy: `_save` writes it back)."""
+        conv = self._open.get(cid)
+        if conv is None:
+            done = self._done.get(cid)
+            if done is not None:
+                conv = self._decode(done)
+        return conv
+
+    def _save(self, conv: state.ConversationState) -> None:
+        """Records a change made outside the flush cycle, re-compressing a completed one."""
+        cid = conv.id
+        done = self._done.get(cid)
+        if done is not None and cid not in self._open:
+            done.blob = state.encode_record(conv, compress=True)
+            done.last_offset = conv.last_offset
+        self._index(conv)
+        self._changed[cid] = None
+
+    def _index(self, conv: state.ConversationState) -> None:
+        if conv.notices:
+            self._noticed[conv.id] = min(notice.offset for notice in conv.notices)
+        else:
+            self._noticed.pop(conv.id, None)
 
     @staticmethod
     def _decode(done: _Done) -> state.ConversationState:

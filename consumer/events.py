@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from consumer.errors import InvalidEvent
+from consumer.payload import FeedbackType
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -245,7 +246,49 @@ class ResponseEvent(msgspec.Struct, frozen=True, tag_field="event_type", tag="re
     conversation: ConversationMeta | None = None
 
 
-Event = ChatCompletion | ConversationEnded | ResponseEvent
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Details = Annotated[str, msgspec.Meta(max_length=4096)]
+MAX_REASONS = 32
+
+
+class Reason(msgspec.Struct, frozen=True):
+    """Why a user rated a reply so: a short label, and what they wrote."""
+
+    label: Label
+    details: Details = ""
+
+
+class Feedback(msgspec.Struct, frozen=True, tag_field="event_type", tag="feedback"):
+    """A user's rating of one reply (contract v1.1); logged at `POST /feedback`.
+
+    `completion_id` is the reply's `response.id` (a Responses API call's id counts
+    too). A later rating by the same user of the same reply replaces the earlier one.
+    """
+
+    event_id: Id
+    conversation_id: Id
+    occurred_at: Timestamp
+    completion_id: Id
+    rating: FeedbackType
+    reasons: Annotated[list[Reason], msgspec.Meta(max_length=MAX_REASONS)] | None = None
+    properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+
+
+class Interaction(msgspec.Struct, frozen=True, tag_field="event_type", tag="interaction"):
+    """Something a user did with a reply, or with the conversation when `completion_id` is
+    absent (contract v1.1); logged at `POST /events` with `name` as its type."""
+
+    event_id: Id
+    conversation_id: Id
+    occurred_at: Timestamp
+    name: Label
+    completion_id: Id | None = None
+    properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+
+
+Event = ChatCompletion | ConversationEnded | ResponseEvent | Feedback | Interaction
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 

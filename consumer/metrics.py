@@ -116,3 +116,16 @@ auth_failing = Gauge(
 
 for _reason in ("backpressure", "auth"):
     paused.labels(reason=_reason).set(0)
+
+notices = Counter(
+    f"{PREFIX}_notices",
+    "Feedback (POST /feedback) and interaction (POST /events) requests settled, by kind and "
+    "HTTP status; status `refused` when the event could not become a request.",
+    ["kind", "status"],
+    registry=REGISTRY,
+)
+notices_waiting = Gauge(
+    f"{PREFIX}_notices_waiting",
+    "Conversations with a feedback or interaction waiting for its message to be logged, or out.",
+    registry=REGISTRY,
+)
