@@ -60,7 +60,7 @@ conversations_truncated = Counter(
 )
 api_requests = Counter(
     f"{PREFIX}_api_requests",
-    "Requests to POST /conversations, by HTTP status or timeout/connection_error.",
+    "Requests to the API (every endpoint), by HTTP status or timeout/connection_error.",
     ["status"],
     registry=REGISTRY,
 )
