@@ -639,7 +639,9 @@ class PartitionEngine:
 
     def _pump(self, conv: state.ConversationState, now: float) -> list[Decision]:
         """Issues the oldest notice once the API holds its message; refuses it when no
-        flush that could log the message is left. Saves the conversation."""
+        flush that could log the message is left. Saves the conversation if it has any."""
+        if not conv.notices:
+            return []
         decisions: list[Decision] = []
         while conv.notices and not self._restoring:
             head = conv.notices[0]
@@ -671,6 +673,8 @@ class PartitionEngine:
         if head.offset != offset or not head.sent:
             return []
         conv.notices.pop(0)
+        if not conv.notices:
+            self._save(conv)
         return self._pump(conv, now)
 
     def _find(self, cid: str) -> state.ConversationState | None:
