@@ -3,6 +3,7 @@ once the API holds it, once, with a stable id, across restarts."""
 
 from __future__ import annotations
 
+import io
 import json
 from itertools import count
 from typing import Any
@@ -11,7 +12,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer import events, feedback, payload, state
+from consumer import events, feedback, payload, render, state
 from consumer.engine import (
     Checkpoint,
     EngineConfig,
@@ -569,3 +570,30 @@ def test_feedback_and_interactions_are_bounded_like_other_events():
     assert refused(copied) == "accepted"
     assert refused({k: v for k, v in copied.items() if k != "completion_id"}) == "accepted"
     assert refused({k: v for k, v in copied.items() if k != "name"}) == "schema"
+
+
+# --- render ----------------------------------------------------------------------------
+
+
+def test_render_prints_feedback_and_event_bodies_in_sending_order():
+    lines = [
+        turn("r", 0),
+        rating("r", "cmpl_0", "positive"),
+        interaction("r", "message:copied", "cmpl_0"),
+        rating("r", "cmpl_404"),
+        rating("r", "cmpl_0", "negative"),
+    ]
+    source = b"".join(msgspec.json.encode(event) + b"\n" for event in lines)
+    outputs = {}
+    for kind in ("conversations", "feedback", "events"):
+        out, errors = io.BytesIO(), io.StringIO()
+        assert render.render(io.BytesIO(source), out, errors, kind=kind) == 0
+        outputs[kind] = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert errors.getvalue() == "line 4: feedback not sent (unknown_completion)\n"
+    [conversation] = outputs["conversations"]
+    reply = conversation["messages"][1]["id"]
+    assert [(b["type"], b["messageId"]) for b in outputs["feedback"]] == [
+        ("positive", reply),
+        ("negative", reply),
+    ]
+    assert [(b["type"], b["messageId"]) for b in outputs["events"]] == [("message:copied", reply)]
