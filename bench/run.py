@@ -2,16 +2,19 @@
 
     .venv/bin/python bench/run.py                  # 4 partitions, ~200k events
     .venv/bin/python bench/run.py --events 40000   # a quick look
-    .venv/bin/python bench/run.py --profile        # also profile the worker (pyinstrument)
+    .venv/bin/python bench/run.py --profile        # also map the worker's CPU (pyinstrument)
 
 It starts a local Kafka (consumer.localkafka) and the local sink (bench/sink.py),
 writes a generated workload (consumer.workload) to one topic, and reads that
-same topic with a bare aiokafka loop, the straightforward implementation
-(bench/straightforward.py) and the worker, each in a process of its own and a
-consumer group of its own. Then it measures the sink alone, two workers in one
-group, the latency from a conversation's end to the sink's 200 at half the
-worker's throughput, and memory per open conversation. docs/benchmark.md says
-what exactly each figure measures.
+same topic with a bare aiokafka loop (several passes), the straightforward
+implementation (bench/straightforward.py) and the worker, each in a process of
+its own and a consumer group of its own, each timed from its first record read
+(steady) and from spawn (whole run), with the CPU of its own process tree. Then
+it measures the sink alone, two workers in one group, the latency from a
+conversation's end to the sink's 200 at 80 % of the worker's steady rate,
+memory per open conversation, and long conversations with full histories, and
+prints behaviour.md's figures with their targets. docs/benchmark.md says what
+exactly each figure measures.
 """
 
 from __future__ import annotations
@@ -299,8 +302,8 @@ class FirstRead:
     The metric moves once the first batch (at most `MAX_BUFFERED_RECORDS`) is
     handled; it is scraped every `INTERVAL` seconds until it moves. `at` is the
     moment the last scrape that still showed 0 was sent, and `cpu` the workers'
-    CPU read just before it: the first read lies between that and the first
-    scrape that showed more, so the steady window starts no later than it.
+    CPU read just before it. The first read lies at most one batch's handling
+    before `at`, or at most one scrape interval and round trip after it.
     """
 
     INTERVAL = 0.02
