@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 import straightforward  # noqa: E402
+from engine import LONG_SHAPE  # noqa: E402
 from harness import (  # noqa: E402
     BENCH,
     PYTHON,
@@ -426,17 +427,6 @@ async def phase_worker(bench: Bench, load: Workload) -> None:
             f"({result[f'ratio_{name}']:.2f}x whole run), "
             f"{result[f'cpu_ratio_{name}']:.1f}x its steady CPU per event"
         )
-
-
-LONG_SHAPE = workload.Shape(
-    turns=(99, 99),
-    ended_share=1.0,
-    delta_share=0.0,
-    tool_share=0.0,
-    failed_share=0.0,
-    context_chars=10**9,
-)
-"""100 events per conversation (99 completions and the end), each request the full history."""
 
 
 async def phase_long(bench: Bench) -> None:
