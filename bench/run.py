@@ -452,7 +452,7 @@ async def phase_long(bench: Bench) -> None:
     worker["steady_ratio_straightforward"] = (
         worker["steady_events_per_second"] / plain["steady_events_per_second"]
     )
-    worker["cpu_ratio_straightforward"] = plain["steady_cpu_us_per_event"] / max(
+    worker["straightforward_cpu_over_worker"] = plain["steady_cpu_us_per_event"] / max(
         worker["steady_cpu_us_per_event"], 1e-9
     )
     bench.results["long"] = {
@@ -464,7 +464,7 @@ async def phase_long(bench: Bench) -> None:
     print(
         f"  worker / straightforward on long conversations: "
         f"{worker['steady_ratio_straightforward']:.2f}x steady rate, "
-        f"{worker['cpu_ratio_straightforward']:.2f}x less CPU per event"
+        f"{worker['straightforward_cpu_over_worker']:.2f}x less CPU per event"
     )
 
 
@@ -823,7 +823,7 @@ def targets(bench: Bench) -> list[dict[str, Any]]:
     worker, long, latency = r.get("worker", {}), r.get("long", {}), r.get("latency", {})
     share = latency.get("share_of_worker_rate")
     bare_cpu = worker.get("cpu_ratio_bare")
-    long_cpu = long.get("worker", {}).get("cpu_ratio_straightforward")
+    long_cpu = long.get("worker", {}).get("straightforward_cpu_over_worker")
     values: list[tuple[float | None, bool | None]] = [
         (ratio := worker.get("steady_ratio_bare"), None if ratio is None else ratio >= 0.4),
         (
