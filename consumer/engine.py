@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from consumer import changelog, events, feedback, payload, responses, state
-from consumer.errors import InvalidEvent, Rejected, StateError
+from consumer.errors import CannotFit, InvalidEvent, StateError
 from consumer.fit import fit
 
 
@@ -724,7 +724,7 @@ class PartitionEngine:
         if not conv.partial and count >= conv.acked_count:
             try:
                 cut, body, truncated = fit(whole, self._config.max_body_bytes)
-            except Rejected:
+            except CannotFit:
                 reason = "too_large"
             else:
                 conv.in_flight = conv.seq

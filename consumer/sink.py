@@ -319,7 +319,7 @@ class Sink:
             return None
         try:
             smaller, body, _ = fit(conversation, budget)
-        except errors.Rejected:
+        except errors.CannotFit:
             return None
         return smaller, body
 
