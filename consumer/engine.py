@@ -116,8 +116,9 @@ class Notice(msgspec.Struct, frozen=True):
 class NoticeRefusal(msgspec.Struct, frozen=True):
     """A feedback or interaction that cannot be logged; it goes to the dead-letter topic.
 
-    `body` is the request that would have been sent, or the event itself when none
-    could be built. `reason` is a `feedback.Unresolved`.
+    `body` is the request that would have been sent to `path`, or, with `path`
+    None, the producer's event itself when no request could be built (a replay
+    sends it back to the input). `reason` is a `feedback.Unresolved`.
     """
 
     conversation_id: str
@@ -125,6 +126,7 @@ class NoticeRefusal(msgspec.Struct, frozen=True):
     kind: feedback.NoticeKind
     reason: feedback.Unresolved
     body: bytes
+    path: str | None = None
 
 
 Decision = Flush | Refusal | Notice | NoticeRefusal
@@ -854,6 +856,7 @@ class PartitionEngine:
                         feedback.NoticeKind(notice.kind),
                         feedback.Unresolved.HISTORY_EXPIRED,
                         notice.body,
+                        feedback.PATHS[feedback.NoticeKind(notice.kind)],
                     )
                     for notice in self._decode(done).notices
                     if not notice.sent
@@ -942,7 +945,12 @@ class PartitionEngine:
             conv.notices.pop(0)
             decisions.append(
                 NoticeRefusal(
-                    conv.id, head.offset, kind, feedback.Unresolved.MESSAGE_NOT_LOGGED, head.body
+                    conv.id,
+                    head.offset,
+                    kind,
+                    feedback.Unresolved.MESSAGE_NOT_LOGGED,
+                    head.body,
+                    feedback.PATHS[kind],
                 )
             )
         self._save(conv)

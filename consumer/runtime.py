@@ -476,14 +476,26 @@ class Worker:
             offset=decision.offset,
             partition=part.tp.partition,
         )
+        reason = NOTICE_REFUSALS[decision.reason].format(d=decision)
         self._dead_letter(
-            deadletter.conversation(
+            deadletter.invalid_record(
+                key=decision.conversation_id.encode(),
+                value=decision.body,
+                kind=str(decision.reason),
+                reason=reason,
+                topic=part.tp.topic,
+                partition=part.tp.partition,
+                offset=decision.offset,
+            )
+            if decision.path is None
+            else deadletter.conversation(
                 conversation_id=decision.conversation_id,
                 body=decision.body,
                 kind=str(decision.reason),
-                reason=NOTICE_REFUSALS[decision.reason].format(d=decision),
+                reason=reason,
                 topic=part.tp.topic,
                 partition=part.tp.partition,
+                path=decision.path,
             ),
             what=str(decision.kind),
             reason=str(decision.reason),
@@ -523,6 +535,7 @@ class Worker:
                 partition=part.tp.partition,
                 status=delivery.status,
                 answer=delivery.answer,
+                path=notice.path,
             ),
             what=str(notice.kind),
             reason="rejected",
