@@ -23,6 +23,7 @@ from harness import (
     assert_matches,
     committed_to_the_end,
     conversation,
+    create_state_topic,
     create_topic,
     expected_bodies,
     fresh,
@@ -189,7 +190,7 @@ async def test_state_of_the_previous_release_is_migrated_and_continued(
     bootstrap = kafka.bootstrap_servers
     topic, group = fresh("chat"), fresh("g")
     await create_topic(bootstrap, topic, 1)
-    await create_topic(bootstrap, f"{topic}.state", 1)
+    await create_state_topic(bootstrap, topic, 1)
     first = conversation("up-open", 3, ended=False) + conversation("up-done", 2, ended=True)
     later = conversation("up-open", 3, start=3) + conversation("up-done", 2, start=2, minute=5)
     expected = expected_bodies(first + later, tmp_path)
@@ -258,7 +259,7 @@ async def test_a_checkpoint_cut_mid_log_and_mid_consolidation_restores_whole(
     bootstrap = kafka.bootstrap_servers
     topic, group = fresh("chat"), fresh("g")
     await create_topic(bootstrap, topic, 2)
-    await create_topic(bootstrap, f"{topic}.state", 2)
+    await create_state_topic(bootstrap, topic, 2)
     a = conversation("cut-log", 7, history="delta")
     b = conversation("cut-done", 2) + conversation("cut-done", 2, start=2, minute=5)
     expected = expected_bodies(a + b, tmp_path)
