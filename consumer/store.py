@@ -28,7 +28,10 @@ MEMORY_ROW_BYTES = 240
 SQLITE_ROW_BYTES = 48
 """Bytes of a `SqliteStore` row beside its blob and id (row header, two index entries)."""
 
-SQLITE_CACHE_KIB = 2048
+SQLITE_PAGE_BYTES = 16384
+"""Several consolidated records (2-5 KB) share a page instead of one each with the rest free."""
+
+SQLITE_CACHE_KIB = 4096
 """SQLite's page cache per partition: all the memory a store on disk takes."""
 
 
@@ -167,10 +170,18 @@ CREATE TABLE retained (
     last_offset INTEGER NOT NULL,
     acked_count INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    blob BLOB
+    blob_id INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX retained_age ON retained (completed, at);
+CREATE TABLE blobs (blob BLOB NOT NULL);
 """
+"""The bookkeeping in a small table (lookups of ids not there, the common case, touch only
+its pages), the blobs apart, by rowid."""
+
+_SELECT = (
+    "SELECT r.cid, r.at, r.last_offset, r.acked_count, r.seq, b.blob "
+    "FROM retained r LEFT JOIN blobs b ON b.rowid = r.blob_id "
+)
 
 
 class SqliteStore:
@@ -187,9 +198,11 @@ class SqliteStore:
         path.unlink(missing_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.executescript(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; "
-            f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}; PRAGMA temp_store=MEMORY;" + _SCHEMA
+            f"PRAGMA page_size={SQLITE_PAGE_BYTES}; PRAGMA journal_mode=OFF; "
+            f"PRAGMA synchronous=OFF; PRAGMA cache_size=-{SQLITE_CACHE_KIB}; "
+            "PRAGMA temp_store=MEMORY;" + _SCHEMA
         )
+        self._db.execute("BEGIN")  # Never committed: nothing reads the file but this connection.
         self._held = 0
         self._marker_held = 0
         self._completed = 0
@@ -212,13 +225,14 @@ class SqliteStore:
         return self._markers
 
     def get(self, cid: str) -> Retained | None:
-        row = self._db.execute(
-            "SELECT at, last_offset, acked_count, seq, blob FROM retained WHERE cid = ?", (cid,)
-        ).fetchone()
-        return None if row is None else Retained(*row)
+        row = self._db.execute(_SELECT + "WHERE r.cid = ?", (cid,)).fetchone()
+        return None if row is None else Retained(*row[1:])
 
     def put(self, cid: str, retained: Retained) -> None:
         self.pop(cid)
+        blob_id = None
+        if retained.blob is not None:
+            blob_id = self._db.execute("INSERT INTO blobs VALUES (?)", (retained.blob,)).lastrowid
         self._db.execute(
             "INSERT INTO retained VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -228,7 +242,7 @@ class SqliteStore:
                 retained.last_offset,
                 retained.acked_count,
                 retained.seq,
-                retained.blob,
+                blob_id,
             ),
         )
         self._count(cid, retained, 1)
@@ -236,7 +250,11 @@ class SqliteStore:
     def pop(self, cid: str) -> Retained | None:
         old = self.get(cid)
         if old is not None:
-            self._db.execute("DELETE FROM retained WHERE cid = ?", (cid,))
+            (blob_id,) = self._db.execute(
+                "DELETE FROM retained WHERE cid = ? RETURNING blob_id", (cid,)
+            ).fetchone()
+            if blob_id is not None:
+                self._db.execute("DELETE FROM blobs WHERE rowid = ?", (blob_id,))
             self._count(cid, old, -1)
         return old
 
@@ -251,16 +269,13 @@ class SqliteStore:
 
     def oldest(self, *, completed: bool) -> tuple[str, Retained] | None:
         row = self._db.execute(
-            "SELECT cid, at, last_offset, acked_count, seq, blob FROM retained "
-            "WHERE completed = ? ORDER BY at LIMIT 1",
+            _SELECT + "WHERE r.completed = ? ORDER BY r.at LIMIT 1",
             (int(completed),),
         ).fetchone()
         return None if row is None else (row[0], Retained(*row[1:]))
 
     def items(self) -> Iterator[tuple[str, Retained]]:
-        rows = self._db.execute(
-            "SELECT cid, at, last_offset, acked_count, seq, blob FROM retained"
-        ).fetchall()
+        rows = self._db.execute(_SELECT).fetchall()
         return iter([(row[0], Retained(*row[1:])) for row in rows])
 
     def close(self) -> None:
