@@ -174,8 +174,11 @@ def extrapolate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "completed_hours": kept_completed / rate / 3600,
                     "markers_kept": kept_markers,
                     "marker_days": kept_markers / rate / DAY,
+                    # On disk, memory is SQLite's page cache, not a cost per entry.
                     "resident_bytes": kept_completed * c["rss_bytes"]
-                    + kept_markers * m["rss_bytes"],
+                    + kept_markers * m["rss_bytes"]
+                    if backend == "memory"
+                    else max(c["rss_bytes"] * c["count"], m["rss_bytes"] * m["count"]),
                     "disk_bytes": kept_completed * c["disk_bytes"] + kept_markers * m["disk_bytes"],
                     "restore_seconds": (
                         kept_completed * c["restore_us"] + kept_markers * m["restore_us"]
@@ -217,7 +220,8 @@ def main() -> int:
             f"  {s['rate']:3d}/s {s['store']:6}: unbounded {s['unbounded_bytes'] / 2**30:6.1f} GiB;"
             f" budget {s['budget_bytes'] / 2**30:4.2f} GiB keeps completed "
             f"{s['completed_hours']:5.1f} h, markers {s['marker_days']:5.1f} d; "
-            f"resident {s['resident_bytes'] / 2**20:6.0f} MiB, disk "
+            f"resident {s['resident_bytes'] / 2**20:4.0f} MiB "
+            f"{'(worker)   ' if s['store'] == 'memory' else '(partition)'}, disk "
             f"{s['disk_bytes'] / 2**30:5.2f} GiB, restore {s['restore_seconds']:5.0f} s CPU"
         )
     if args.json:

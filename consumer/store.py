@@ -21,12 +21,15 @@ import msgspec
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-MEMORY_ROW_BYTES = 240
+MEMORY_ROW_BYTES = 280
 """Resident bytes of a `MemoryStore` entry beside its blob and id (dict slot, heap entry,
 `Retained`), measured with bench/memory.py."""
 
-SQLITE_ROW_BYTES = 48
-"""Bytes of a `SqliteStore` row beside its blob and id (row header, two index entries)."""
+SQLITE_ROW_BYTES = 40
+"""File bytes of a `SqliteStore` row beside its id (row and index entries), measured."""
+
+SQLITE_BLOB_BYTES = 160
+"""File bytes of a blob beside its own length (row header, the page space it leaves), measured."""
 
 SQLITE_PAGE_BYTES = 16384
 """Several consolidated records (2-5 KB) share a page instead of one each with the rest free."""
@@ -89,8 +92,9 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def _cost(cid: str, retained: Retained, row: int) -> int:
-    return row + len(cid.encode()) + (len(retained.blob) if retained.blob is not None else 0)
+def _cost(cid: str, retained: Retained, row: int, blob: int = 0) -> int:
+    kept = 0 if retained.blob is None else blob + len(retained.blob)
+    return row + len(cid.encode()) + kept
 
 
 class MemoryStore:
@@ -259,7 +263,7 @@ class SqliteStore:
         return old
 
     def _count(self, cid: str, retained: Retained, sign: int) -> None:
-        cost = sign * _cost(cid, retained, SQLITE_ROW_BYTES)
+        cost = sign * _cost(cid, retained, SQLITE_ROW_BYTES, SQLITE_BLOB_BYTES)
         self._held += cost
         if retained.completed:
             self._completed += sign
