@@ -15,11 +15,15 @@ from typing import Any
 
 import msgspec
 import pytest
+from aiokafka import TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer import changelog, events, state
 from consumer.engine import MARKER_LIFETIME, EngineConfig, Flush, PartitionEngine, Refusal
+from consumer.errors import ConfigError
+from consumer.runtime import Worker
+from consumer.settings import Settings
 from consumer.store import MemoryStore, Retained, SqliteStore, Store
 
 RETENTION = 100.0
@@ -367,3 +371,30 @@ def test_the_engine_decides_the_same_with_the_tier_as_all_in_memory(
     finally:
         for engine in engines:
             engine.store.close()
+
+
+# --- Settings and the runtime's stores --------------------------------------------------
+
+
+def test_state_settings_refuse_a_file_as_directory_and_tiny_budgets(tmp_path: Path) -> None:
+    env = {"INKEEP_API_KEY": "k"}
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match=r"^STATE_DIR: .*not a directory"):
+        Settings.from_env({**env, "STATE_DIR": str(a_file)})
+    for name in ("STATE_MEMORY_BYTES", "STATE_DISK_BYTES"):
+        with pytest.raises(ConfigError, match=rf"^{name}: "):
+            Settings.from_env({**env, name: "1000"})
+    assert Settings.from_env({**env, "STATE_DIR": str(tmp_path / "new")}).state_dir
+
+
+def test_each_partition_gets_a_store_and_an_even_share_of_the_budget(tmp_path: Path) -> None:
+    on_disk = Worker(Settings(inkeep_api_key="k", state_dir=str(tmp_path), state_disk_bytes=9000))
+    store = on_disk._new_store(TopicPartition("chat", 3), 3)
+    assert isinstance(store, SqliteStore)
+    assert (store.path, store.budget) == (tmp_path / "chat-3.sqlite3", 3000)
+    store.close()
+    in_memory = Worker(Settings(inkeep_api_key="k", state_memory_bytes=2**21))
+    kept = in_memory._new_store(TopicPartition("chat", 0), 2)
+    assert isinstance(kept, MemoryStore)
+    assert kept.budget == 2**20
