@@ -242,6 +242,7 @@ class Worker:
 
     async def _start(self) -> None:
         s = self.settings
+        self._clear_state_dir()
         await ensure_topics(
             self._options,
             input_topic=s.kafka_topic,
@@ -572,6 +573,13 @@ class Worker:
             return MemoryStore(budget)
         path = Path(self.settings.state_dir) / f"{tp.topic}-{tp.partition}.sqlite3"
         return SqliteStore(path, budget)
+
+    def _clear_state_dir(self) -> None:
+        """Deletes the files a failed run left (no partition is ours yet; each is rebuilt)."""
+        s = self.settings
+        if s.state_dir:
+            for stale in Path(s.state_dir).glob(f"{s.kafka_topic}-*.sqlite3"):
+                stale.unlink(missing_ok=True)
 
     def _share_budget(self) -> None:
         """Splits the state budget evenly over the assigned partitions."""

@@ -200,7 +200,7 @@ class SqliteStore:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(path, isolation_level=None)
         self._db.executescript(
             f"PRAGMA page_size={SQLITE_PAGE_BYTES}; PRAGMA journal_mode=OFF; "
             f"PRAGMA synchronous=OFF; PRAGMA cache_size=-{SQLITE_CACHE_KIB}; "
