@@ -31,6 +31,8 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 OFFSET_RESETS = ("earliest", "latest", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "console")
+UPGRADE_FROM = ("0.1",)
+"""Releases whose state-topic layout a worker can keep writing while they share its group."""
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -71,6 +73,9 @@ class Settings:
     conversations and markers on disk instead; "" keeps them in memory."""
     state_disk_bytes: int = 4_294_967_296
     """With `state_dir`: what those files may hold, across the worker."""
+    state_upgrade_from: str = ""
+    """A rolling upgrade from this release is under way (Kafka Streams' `upgrade.from`):
+    write the state topic in its layout, read both. "" writes the changelog layout."""
     http_port: int = 8080
     log_level: str = "info"
     log_format: str = "json"
@@ -418,6 +423,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "state_memory_bytes": _integer(1_048_576),
     "state_dir": _directory,
     "state_disk_bytes": _integer(1_048_576),
+    "state_upgrade_from": _choice(UPGRADE_FROM, upper=False, aliases={"0.1.0": "0.1"}),
     "http_port": _integer(0, 65535),
     "log_level": _choice(LOG_LEVELS, upper=False, aliases={"warn": "warning"}),
     "log_format": _choice(LOG_FORMATS, upper=False),
