@@ -20,8 +20,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer import changelog, events, state
-from consumer.engine import MARKER_LIFETIME, EngineConfig, Flush, PartitionEngine, Refusal
+from consumer.engine import (
+    MARKER_LIFETIME,
+    EngineConfig,
+    Flush,
+    Notice,
+    NoticeRefusal,
+    PartitionEngine,
+    Refusal,
+)
 from consumer.errors import ConfigError
+from consumer.feedback import Unresolved
 from consumer.runtime import Worker
 from consumer.settings import Settings
 from consumer.store import MemoryStore, Retained, SqliteStore, Store
@@ -52,8 +61,10 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Facto
         store.close()
 
 
-def completion(cid: str, text: str, *, event_id: str | None = None) -> events.Event:
-    value = {
+def completion(
+    cid: str, text: str, *, event_id: str | None = None, response_id: str | None = None
+) -> events.Event:
+    value: dict[str, Any] = {
         "event_id": event_id or f"evt_{next(_ids)}",
         "event_type": "chat.completion",
         "conversation_id": cid,
@@ -62,7 +73,22 @@ def completion(cid: str, text: str, *, event_id: str | None = None) -> events.Ev
         "request": {"model": "m", "messages": [{"role": "user", "content": text}]},
         "response": {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]},
     }
+    if response_id is not None:
+        value["response"]["id"] = response_id
     return events.decode_event(json.dumps(value).encode())
+
+
+def rating(cid: str, completion_id: str, value: str) -> events.Event:
+    event = {
+        "event_id": f"evt_{next(_ids)}",
+        "event_type": "feedback",
+        "conversation_id": cid,
+        "occurred_at": "2026-11-23T10:16:00Z",
+        "completion_id": completion_id,
+        "rating": value,
+        "user_properties": {"id": "user_42", "identificationType": "COOKIED"},
+    }
+    return events.decode_event(json.dumps(event).encode())
 
 
 def ended(cid: str) -> events.Event:
@@ -241,6 +267,25 @@ def test_the_budget_makes_the_oldest_completed_markers_and_refuses_their_continu
     (flush,) = run.apply(ended("e"), 20.0)
     assert isinstance(flush, Flush)
     assert user_texts(flush) == [f"e question {turn}" for turn in range(21)]
+
+
+def test_a_waiting_feedback_is_dead_lettered_when_the_budget_makes_its_conversation_a_marker(
+    make_store: Factory,
+) -> None:
+    store = make_store()
+    run = Run(store)
+    assert run.apply(completion("c", "hello", response_id="cmpl_1"), 0.0) == []
+    run.apply(ended("c"), 0.0)
+    (out,) = run.apply(rating("c", "cmpl_1", "positive"), 1.0)
+    assert isinstance(out, Notice)
+    assert run.apply(rating("c", "cmpl_1", "negative"), 1.0) == []  # Waits for the first.
+    store.budget = 1
+    decisions = run.engine.due(2.0)
+    assert [(type(d), getattr(d, "reason", None), d.offset) for d in decisions] == [
+        (NoticeRefusal, Unresolved.HISTORY_EXPIRED, run.offset - 1)
+    ]
+    assert run.engine.evicted_completed == 1
+    assert run.engine.waiting_notices == 0
 
 
 def test_markers_past_their_share_of_the_budget_go_oldest_first(make_store: Factory) -> None:
