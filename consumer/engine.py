@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from consumer import changelog, events, feedback, payload, responses, state
-from consumer.errors import CannotFit, InvalidEvent, StateError
+from consumer.errors import CannotFit, InvalidEvent, StateError, StoreError
 from consumer.fit import fit
 from consumer.store import MemoryStore, Retained, Store
 
@@ -425,6 +425,8 @@ class PartitionEngine:
             self._active.move_to_end(cid)
             if cid not in self._scheduled:
                 self._schedule(conv)
+        except StoreError:
+            raise  # The disk, not the event: the worker stops; the state topic has the truth.
         except Exception as exc:
             self._rollback(undo)
             raise InvalidEvent(

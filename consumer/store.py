@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
+from consumer.errors import StoreError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -206,7 +208,7 @@ class SqliteStore:
             f"PRAGMA synchronous=OFF; PRAGMA cache_size=-{SQLITE_CACHE_KIB}; "
             "PRAGMA temp_store=MEMORY;" + _SCHEMA
         )
-        self._db.execute("BEGIN")  # Never committed: nothing reads the file but this connection.
+        self._sql("BEGIN")  # Never committed: nothing reads the file but this connection.
         self._held = 0
         self._marker_held = 0
         self._completed = 0
@@ -228,16 +230,22 @@ class SqliteStore:
     def marker_count(self) -> int:
         return self._markers
 
+    def _sql(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {type(exc).__name__}: {exc}") from exc
+
     def get(self, cid: str) -> Retained | None:
-        row = self._db.execute(_SELECT + "WHERE r.cid = ?", (cid,)).fetchone()
+        row = self._sql(_SELECT + "WHERE r.cid = ?", (cid,)).fetchone()
         return None if row is None else Retained(*row[1:])
 
     def put(self, cid: str, retained: Retained) -> None:
         self.pop(cid)
         blob_id = None
         if retained.blob is not None:
-            blob_id = self._db.execute("INSERT INTO blobs VALUES (?)", (retained.blob,)).lastrowid
-        self._db.execute(
+            blob_id = self._sql("INSERT INTO blobs VALUES (?)", (retained.blob,)).lastrowid
+        self._sql(
             "INSERT INTO retained VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 cid,
@@ -254,11 +262,11 @@ class SqliteStore:
     def pop(self, cid: str) -> Retained | None:
         old = self.get(cid)
         if old is not None:
-            (blob_id,) = self._db.execute(
+            (blob_id,) = self._sql(
                 "DELETE FROM retained WHERE cid = ? RETURNING blob_id", (cid,)
             ).fetchone()
             if blob_id is not None:
-                self._db.execute("DELETE FROM blobs WHERE rowid = ?", (blob_id,))
+                self._sql("DELETE FROM blobs WHERE rowid = ?", (blob_id,))
             self._count(cid, old, -1)
         return old
 
@@ -272,14 +280,14 @@ class SqliteStore:
             self._marker_held += cost
 
     def oldest(self, *, completed: bool) -> tuple[str, Retained] | None:
-        row = self._db.execute(
+        row = self._sql(
             _SELECT + "WHERE r.completed = ? ORDER BY r.at LIMIT 1",
             (int(completed),),
         ).fetchone()
         return None if row is None else (row[0], Retained(*row[1:]))
 
     def items(self) -> Iterator[tuple[str, Retained]]:
-        rows = self._db.execute(_SELECT).fetchall()
+        rows = self._sql(_SELECT).fetchall()
         return iter([(row[0], Retained(*row[1:])) for row in rows])
 
     def close(self) -> None:

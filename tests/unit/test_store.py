@@ -8,6 +8,7 @@ the engine decides and writes exactly the same with either, for any script.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
@@ -29,7 +30,7 @@ from consumer.engine import (
     PartitionEngine,
     Refusal,
 )
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, StoreError
 from consumer.feedback import Unresolved
 from consumer.runtime import Worker
 from consumer.settings import Settings
@@ -443,3 +444,34 @@ def test_each_partition_gets_a_store_and_an_even_share_of_the_budget(tmp_path: P
     kept = in_memory._new_store(TopicPartition("chat", 0), 2)
     assert isinstance(kept, MemoryStore)
     assert kept.budget == 2**20
+
+
+def test_a_full_disk_stops_the_worker(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "full.sqlite3")
+    run = Run(store)
+    assert run.apply(completion("c", os.urandom(20_000).hex()), 0.0) == []  # Pages of its own.
+    (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+    store._db.execute(f"PRAGMA max_page_count = {pages}")  # As if the emptyDir were full.
+    try:
+        with pytest.raises(StoreError, match="full"):
+            run.apply(ended("c"), 1.0)  # Acknowledged: completing writes the record.
+    finally:
+        store.close()
+
+
+class FailingPop(MemoryStore):
+    failing = False
+
+    def pop(self, cid: str) -> Retained | None:
+        if self.failing:
+            raise StoreError(f"{cid}: disk I/O error")
+        return super().pop(cid)
+
+
+def test_a_store_failure_while_applying_is_not_blamed_on_the_event() -> None:
+    store = FailingPop()
+    run = Run(store)
+    store.put("c", Retained(0.0, -1, 0, 0))  # A marker: the event reopens it.
+    store.failing = True
+    with pytest.raises(StoreError):  # Not InvalidEvent: the record must not be dead-lettered.
+        run.apply(completion("c", "hello"), 1.0)
