@@ -460,10 +460,13 @@ def test_a_full_disk_stops_the_worker(tmp_path: Path) -> None:
 
 
 class FailingPop(MemoryStore):
+    """Its next `pop` fails once `failing` is set; later ones work again."""
+
     failing = False
 
     def pop(self, cid: str) -> Retained | None:
         if self.failing:
+            self.failing = False
             raise StoreError(f"{cid}: disk I/O error")
         return super().pop(cid)
 
