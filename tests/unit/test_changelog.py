@@ -33,10 +33,12 @@ def snapshot(engine: PartitionEngine) -> Snapshot:
     out: Snapshot = {}
     for cid, conv in engine._open.items():
         out[cid] = ("open", _builtins(conv))
-    for cid, done in engine._done.items():
-        out[cid] = ("done", _builtins(state.decode_record(done.blob)))
-    for cid, marker in engine._markers.items():
-        out[cid] = ("marker", msgspec.to_builtins(marker))
+    for cid, kept in engine.store.items():
+        if kept.blob is not None:
+            out[cid] = ("done", _builtins(state.decode_record(kept.blob)))
+        else:
+            marker = state.Marker(cid, kept.acked_count, kept.seq, kept.last_offset, kept.at)
+            out[cid] = ("marker", msgspec.to_builtins(marker))
     return out
 
 
