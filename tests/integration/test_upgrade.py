@@ -1,7 +1,9 @@
 """Upgrades and downgrades: the previous release and the current code in one consumer group.
 
-The previous release is the last tag (`git describe --tags --abbrev=0`), or the commit
-in previous_release.txt when the clone has no tags. It is installed from git into a
+The previous release is the commit in previous_release.txt (tag v0.1.0): the release
+whose upgrade path `PLAN` follows, pinned so that tagging a new release does not change
+what this test means; move it with the plan when the next upgrade path is written. It
+is installed from git into a
 venv of its own, cached under ~/.cache/inkeep-consumer/releases/<commit>, and runs as
 `python -m consumer run` from outside the repository so the current code cannot shadow
 it. `PLAN` is the supported procedure (docs/operations.md, "Upgrades and downgrades"),
@@ -76,15 +78,8 @@ def layout(record: Any) -> str:
 
 
 def previous_release() -> str:
-    """The full hash of the last tagged commit, or of the recorded one without tags."""
-    described = subprocess.run(
-        ["git", "describe", "--tags", "--abbrev=0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    ref = described.stdout.strip() if described.returncode == 0 else RECORDED.read_text().strip()
+    """The full hash of the release the upgrade path starts from (previous_release.txt)."""
+    ref = RECORDED.read_text().strip()
     commit = subprocess.run(
         ["git", "rev-parse", f"{ref}^{{commit}}"],
         cwd=REPO,
