@@ -87,7 +87,7 @@ def one(backend: str, kind: str, value: bytes, count: int, directory: Path) -> d
     engine = PartitionEngine(EngineConfig(), store)
     started = time.perf_counter()
     for n in range(count):  # A value of its own each, as records read from the topic.
-        engine.restore(f"conv_{n:024x}".encode(), value[:-1] + value[-1:], 0.0)
+        engine.restore(f"conv_{n:024x}".encode(), value[:-1] + value[-1:])
     engine.restored(0.0)
     seconds = time.perf_counter() - started
     gc.collect()

@@ -158,7 +158,7 @@ def restore(count: int, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     fresh = PartitionEngine(EngineConfig())
     for key, value in partition:
-        fresh.restore(key, value, 0.0)
+        fresh.restore(key, value)
     fresh.restored(0.0)
     seconds = time.perf_counter() - started
     assert fresh.open_count == count
@@ -192,7 +192,7 @@ def retained(count: int, seed: int) -> dict[str, Any]:
         started = time.perf_counter()
         fresh = PartitionEngine(EngineConfig())
         for n in range(count):  # A value of its own each, as records read from the topic.
-            fresh.restore(f"conv_{n:024x}".encode(), value[:-1] + value[-1:], 0.0)
+            fresh.restore(f"conv_{n:024x}".encode(), value[:-1] + value[-1:])
         fresh.restored(0.0)
         seconds = time.perf_counter() - started
         figures[f"{kind}_restore_us"] = 1e6 * seconds / count

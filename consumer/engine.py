@@ -142,12 +142,12 @@ Decision = Flush | Refusal | Notice | NoticeRefusal
 class Checkpoint(msgspec.Struct, frozen=True):
     """State-topic records to write, then the offsets they make safe to commit.
 
-    Commit `min(covers, hold)` (or `covers` when `hold` is None) after the records
-    are written.
+    After the records are written, a partition may commit its position (the runtime's:
+    it also counts records that never reached the engine), held back to `hold`
+    (`checkpoint.commit_target`).
     """
 
     records: list[tuple[bytes, bytes | None]]
-    covers: int | None
     hold: int | None
 
 
@@ -208,7 +208,6 @@ class PartitionEngine:
         self._sweep: list[bytes] = []
         """Segment keys no head names (left by a crash): tombstoned at the next checkpoint."""
         self._read: _Restoring | None = None
-        self._covers: int | None = None
         self._restoring = False
         self._noticed: dict[str, int] = {}
         """Conversations with notices waiting or out: the input offset of the oldest."""
@@ -230,11 +229,6 @@ class PartitionEngine:
         return len(self._active)
 
     @property
-    def in_flight_count(self) -> int:
-        self._assemble()
-        return sum(1 for cid in self._held if self._open[cid].in_flight)
-
-    @property
     def conversation_count(self) -> int:
         self._assemble()
         return len(self._open) + self._store.completed_count
@@ -244,7 +238,7 @@ class PartitionEngine:
         """Where completed conversations and markers are kept (for gauges and budgets)."""
         return self._store
 
-    def restore(self, key: bytes, value: bytes | None, now: float) -> None:  # noqa: ARG002
+    def restore(self, key: bytes, value: bytes | None) -> None:
         """Takes one state-topic record, in topic order; a later record replaces an earlier one.
 
         Records are decoded here (an unreadable one raises `StateError` at once) and
@@ -369,21 +363,6 @@ class PartitionEngine:
                 decisions += self._pump(noted, now)
         return decisions
 
-    def is_duplicate(self, event: events.Event, offset: int) -> bool:
-        """Whether `apply` would ignore the event (same event id, or an offset already applied)."""
-        self._assemble()
-        cid = event.conversation_id
-        key = state.event_key(event.event_id)
-        conv = self._open.get(cid)
-        if conv is not None:
-            return offset <= conv.last_offset or key in conv.seen
-        kept = self._store.get(cid)
-        if kept is None:
-            return False
-        return offset <= kept.last_offset or (
-            kept.blob is not None and key in self._decode(kept.blob).seen
-        )
-
     def apply(self, event: events.Event, offset: int, now: float) -> list[Decision]:
         """Applies one event at input `offset`; a `conversation.ended` flushes at once.
 
@@ -393,7 +372,6 @@ class PartitionEngine:
         no other exception leaves this method.
         """
         self._assemble()
-        self.skip(offset)
         if isinstance(event, events.Feedback | events.Interaction):
             return self._note(event, offset, now)
         cid = event.conversation_id
@@ -433,11 +411,6 @@ class PartitionEngine:
                 "unprocessable", f"{type(exc).__name__} while applying the event: {exc}"[:300]
             ) from exc
         return []
-
-    def skip(self, offset: int) -> None:
-        """Counts an input offset as handled without an event (an invalid record, say)."""
-        if self._covers is None or offset >= self._covers:
-            self._covers = offset + 1
 
     def due(self, now: float) -> list[Decision]:
         """Idle and max-open flushes that are due; expires completed state past retention."""
@@ -523,7 +496,7 @@ class PartitionEngine:
         held = [self._open[cid].unacked_from for cid in self._held]
         held += self._noticed.values()
         hold = min((offset for offset in held if offset is not None), default=None)
-        return Checkpoint(records=records, covers=self._covers, hold=hold)
+        return Checkpoint(records=records, hold=hold)
 
     def _whole_record(
         self, conv: state.ConversationState, records: list[tuple[bytes, bytes | None]]

@@ -58,7 +58,6 @@ def render(source: BinaryIO, out: BinaryIO, errors: TextIO, *, kind: str = "conv
     invalid = False
     for number, line in enumerate(source, start=1):
         if not line.strip():
-            engine.skip(number)
             continue
         try:
             event = events.decode_event(line)
@@ -66,7 +65,6 @@ def render(source: BinaryIO, out: BinaryIO, errors: TextIO, *, kind: str = "conv
         except InvalidEvent as exc:
             invalid = True
             print(f"line {number}: {exc.kind}: {exc.reason}", file=errors)
-            engine.skip(number)
             continue
         if not isinstance(event, events.Feedback | events.Interaction):
             bodies.setdefault(event.conversation_id, None)

@@ -815,7 +815,7 @@ class Worker:
 
             def restore(partition: int, key: bytes, value: bytes | None) -> None:
                 self.health.beat()  # Each record read back is progress, however long it takes.
-                engines[partition].restore(key, value, now)
+                engines[partition].restore(key, value)
 
             count = await read_state(
                 self._options, self.settings.kafka_state_topic, sorted(engines), restore

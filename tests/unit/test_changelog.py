@@ -53,7 +53,7 @@ def restore(
 ) -> PartitionEngine:
     engine = PartitionEngine(config)
     for key, value in records:
-        engine.restore(key, value, 0.0)
+        engine.restore(key, value)
     return engine
 
 

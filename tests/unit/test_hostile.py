@@ -192,7 +192,7 @@ def through(
     written += engine.checkpoint().records
     restored = PartitionEngine(CONFIG)
     for key, value in written:
-        restored.restore(key, value, now)
+        restored.restore(key, value)
     for decision in restored.restored(now):
         payload.decode(decision.body)
     return "applied"

@@ -602,7 +602,7 @@ def test_mixed_histories_with_duplicates_and_a_restart_end_with_the_same_body(sc
     point = before.checkpoint()
     after = PartitionEngine(EngineConfig())
     for key, value in point.records:
-        after.restore(key, value, float(split))
+        after.restore(key, value)
     _settle(after, after.restored(float(split)), float(split))
     replay_from = data.draw(st.integers(0, split), label="replay from")
     _run(after, records, range(replay_from, len(records)))

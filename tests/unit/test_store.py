@@ -233,7 +233,6 @@ def test_a_late_duplicate_by_event_id_is_found_in_the_tier(make_store: Factory) 
     run.engine.checkpoint()
     assert run.engine.open_count == 0
     late = completion("c", "hello", event_id="evt_retried")  # A producer retry, a later offset.
-    assert run.engine.is_duplicate(late, run.offset)
     assert run.apply(late, 5.0) == []
     assert run.engine.duplicates == 1
     assert run.engine.open_count == 0
@@ -316,7 +315,7 @@ def test_restore_rebuilds_the_tier_from_the_state_topic(make_store: Factory) -> 
     tier = make_store()
     fresh = PartitionEngine(CONFIG, tier)
     for key, value in records:
-        fresh.restore(key, value, RETENTION)
+        fresh.restore(key, value)
     assert fresh.restored(RETENTION) == []
     assert dict(tier.items()) == dict(run.engine.store.items())
     assert (tier.completed_count, tier.marker_count, fresh.open_count) == (1, 1, 1)
@@ -362,7 +361,7 @@ def _restart(engines: list[PartitionEngine], fresh: list[PartitionEngine], now: 
     for old, new in zip(engines, fresh, strict=True):
         checkpoint = old.checkpoint()
         for key, value in checkpoint.records:
-            new.restore(key, value, now)
+            new.restore(key, value)
         old.store.close()
         outputs.append((checkpoint, new.restored(now)))
     return outputs
@@ -405,9 +404,9 @@ def test_the_engine_decides_the_same_with_the_tier_as_all_in_memory(
                 event = completion(cid, f"turn {arg}", event_id=f"{cid}-{arg}")
                 if kind == "end":
                     event = ended(cid)
-                _same([engine.is_duplicate(event, offset) for engine in engines])
                 decisions = [engine.apply(event, offset, now) for engine in engines]
                 _same(decisions)
+                _same([engine.duplicates for engine in engines])
                 offset += 1
             for decision in decisions[0]:
                 if isinstance(decision, Flush):
