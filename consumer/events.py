@@ -281,6 +281,8 @@ _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 """A string, or an unterminated one up to the end: every quote starts a match, so linear."""
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _OUT_OF_RANGE = re.compile(r"Expected `\w+` [<>]=? |out of range")
 
 
@@ -290,12 +292,28 @@ def decode_event(data: bytes | bytearray | memoryview) -> Event:
     Every bound of the contract is checked here, once, so that nothing downstream
     (state, fit, encoding, checkpoints) meets data it cannot handle. No other
     exception leaves this function, whatever the bytes.
+
+    The depth bound is checked before msgspec parses anything deeper than it: a
+    record with few brackets cannot be deep; otherwise a cheaper scan, exact for
+    valid JSON, screens it, and msgspec's answer says whether it was valid JSON.
+    Should msgspec refuse it, the exact scan decides first, as if it had run
+    before: so every record gets the same answer as with the exact scan alone.
     """
     raw = bytes(data)
-    _check_depth(raw)
+    exact = _screen_depth(raw)
     try:
         event = _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        if not exact:
+            _check_depth(raw)
+        raise _refused(exc) from None
+    _check_values(event)
+    return event
+
+
+def _refused(exc: Exception) -> InvalidEvent:
+    """What msgspec's refusal of a record means in the contract's words."""
+    if isinstance(exc, msgspec.ValidationError):
         reason = str(exc)
         if "`$.event_type`" in reason:
             kind = "unknown_event_type"
@@ -303,15 +321,25 @@ def decode_event(data: bytes | bytearray | memoryview) -> Event:
             kind = "out_of_range"
         else:
             kind = "schema"
-        raise InvalidEvent(kind, reason) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent("not_json", str(exc)) from None
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent("not_utf8", f"invalid UTF-8 in a string: {exc.reason}") from None
-    except RecursionError:
-        raise InvalidEvent("too_deep", "nesting too deep to decode") from None
-    _check_values(event)
-    return event
+        return InvalidEvent(kind, reason)
+    if isinstance(exc, UnicodeDecodeError):
+        return InvalidEvent("not_utf8", f"invalid UTF-8 in a string: {exc.reason}")
+    if isinstance(exc, RecursionError):
+        return InvalidEvent("too_deep", "nesting too deep to decode")
+    return InvalidEvent("not_json", str(exc))
+
+
+def _screen_depth(raw: bytes) -> bool:
+    """Refuses what is surely too deep; True when the exact answer is already known.
+
+    False says only that the record is not too deep if it is valid JSON.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return True
+    if _valid_nesting(raw) <= MAX_DEPTH:
+        return False
+    _check_depth(raw)
+    return True
 
 
 def _check_depth(raw: bytes) -> None:
@@ -321,6 +349,19 @@ def _check_depth(raw: bytes) -> None:
     depth = nesting(raw)
     if depth > MAX_DEPTH:
         raise InvalidEvent("too_deep", f"nesting {depth} deep, over {MAX_DEPTH}")
+
+
+def _valid_nesting(raw: bytes) -> int:
+    """`nesting(raw)` when `raw` is valid JSON (a backslash only ever inside a string).
+
+    Escape pairs go first, so every quote left delimits a string; then only quotes
+    and brackets are kept, which makes the rest of the scan short.
+    """
+    if b"\\" in raw:
+        raw = _ESCAPE.sub(b"", raw)
+    compact = raw.translate(None, _NOT_STRUCTURE)
+    outside = b"".join(compact.split(b'"')[::2])
+    return max(accumulate(memoryview(outside.translate(_STEP)).cast("b")), default=0)
 
 
 def nesting(raw: bytes) -> int:
