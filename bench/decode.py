@@ -1,6 +1,6 @@
 """Decoding alone: CPU per record of `events.decode_event` against bare msgspec, by step.
 
-    .venv/bin/python bench/decode.py [--events 20000] [--long]
+    .venv/bin/python bench/decode.py [--events 20000] [--shape long]
 
 Shows what the decode-time bounds (the depth scan, the walk over free-form values,
 the year check) add to msgspec's own decoding, on the benchmark's workloads.
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.engine import SHAPES  # noqa: E402
 from consumer import events  # noqa: E402
 from consumer.testing import workload  # noqa: E402
 
@@ -35,13 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Decode CPU per record.")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--long", action="store_true")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="short", help="the workload")
     args = parser.parse_args()
-    shape = workload.Shape(ended_share=1.0)
-    if args.long:
-        shape = workload.Shape(
-            turns=(100, 100), ended_share=1.0, delta_share=0.0, context_chars=10**9, active=50
-        )
+    shape = SHAPES[args.shape]
     per = sum(1 for _ in workload.generate(40, args.seed + 1, shape=shape)) / 40
     values = [v for _, v in workload.generate(round(args.events / per), args.seed, shape=shape)]
     size = sum(map(len, values)) / len(values)

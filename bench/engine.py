@@ -6,12 +6,7 @@ once, a checkpoint every `--checkpoint-every` events), and prints microseconds
 per event for each step. What the end-to-end figure cannot say, this does: how
 much of the worker's time its own code takes, and where.
 
-    .venv/bin/python bench/engine.py [--events 100000] [--long] [--profile]
-
-Per-step figures are wall time (perf_counter) around each call; `cpu` is the
-process's CPU time over the whole loop, the figure to compare when other work
-shares the machine. `--long` is the long-conversation workload (100 events per
-conversation, full histories, no trimming).
+    .venv/bin/python bench/engine.py [--events 100000] [--shape long] [--profile]
 """
 
 from __future__ import annotations
@@ -31,6 +26,17 @@ if str(ROOT) not in sys.path:
 from consumer.engine import EngineConfig, Flush, PartitionEngine  # noqa: E402
 from consumer.events import decode_event  # noqa: E402
 from consumer.testing import workload  # noqa: E402
+
+LONG_SHAPE = workload.Shape(
+    turns=(99, 99),
+    ended_share=1.0,
+    delta_share=0.0,
+    tool_share=0.0,
+    failed_share=0.0,
+    context_chars=10**9,
+)
+"""100 events per conversation (99 completions and the end), each request the full history."""
+SHAPES = {"short": workload.Shape(ended_share=1.0), "long": LONG_SHAPE}
 
 
 def run(
@@ -90,16 +96,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--checkpoint-every", type=int, default=5_000, help="events")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="short", help="the workload")
     parser.add_argument("--profile", action="store_true", help="also print cProfile's top 30")
-    parser.add_argument(
-        "--long", action="store_true", help="100 events per conversation, full histories"
-    )
     args = parser.parse_args()
-    shape = workload.Shape(ended_share=1.0)
-    if args.long:
-        shape = workload.Shape(
-            turns=(100, 100), ended_share=1.0, delta_share=0.0, context_chars=10**9, active=50
-        )
+    shape = SHAPES[args.shape]
     per = sum(1 for _ in workload.generate(400, args.seed + 1, shape=shape)) / 400
     records = list(workload.generate(round(args.events / per), args.seed, shape=shape))
     if not args.profile:

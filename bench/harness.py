@@ -92,7 +92,8 @@ class Child:
         return int(match.group(1))
 
     def cpu_now(self) -> float:
-        return process_cpu(self.pid)
+        """CPU seconds of this child's process tree so far."""
+        return tree_cpu(self.pid)
 
     def tail(self, lines: int = 30) -> str:
         text = self.log.read_text(errors="replace") if self.log.is_file() else ""
@@ -103,13 +104,48 @@ class Child:
 
 
 def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used."""
+    """CPU seconds (user + system, every thread) a live process has used itself."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a live process and all its descendants, living or reaped.
+
+    `/proc/<pid>/stat` fields utime + stime (every thread of the process) plus
+    cutime + cstime (children it has waited for), summed over the live
+    descendants found through their parent ids.
+    """
+    parents: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone since the listing
+        stats[int(entry.name)] = fields
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    if pid not in stats:
+        raise BenchError(f"process {pid} is gone")
+    total = 0
+    stack = [pid]
+    while stack:
+        each = stack.pop()
+        fields = stats[each]
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+        stack.extend(parents.get(each, ()))
+    return total / TICKS
+
+
 class CpuMeter:
-    """CPU used by long-lived processes (the broker, the sink) over one phase."""
+    """CPU used by long-lived processes (the broker, the sink) over one phase.
+
+    Only for the CPU-share lines: a contender's CPU per event never comes from
+    here, but from its own process tree (`Child.cpu_now`, `wait4`), so the
+    broker's and the sink's CPU are never counted in it.
+    """
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids

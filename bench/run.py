@@ -2,16 +2,19 @@
 
     .venv/bin/python bench/run.py                  # 4 partitions, ~200k events
     .venv/bin/python bench/run.py --events 40000   # a quick look
-    .venv/bin/python bench/run.py --profile        # also profile the worker (pyinstrument)
+    .venv/bin/python bench/run.py --profile        # also map the worker's CPU (pyinstrument)
 
 It starts a local Kafka (consumer.testing.localkafka) and the local sink (bench/sink.py),
 writes a generated workload (consumer.testing.workload) to one topic, and reads that
-same topic with a bare aiokafka loop, the straightforward implementation
-(bench/straightforward.py) and the worker, each in a process of its own and a
-consumer group of its own. Then it measures the sink alone, two workers in one
-group, the latency from a conversation's end to the sink's 200 at half the
-worker's throughput, and memory per open conversation. docs/benchmark.md says
-what exactly each figure measures.
+same topic with a bare aiokafka loop (several passes), the straightforward
+implementation (bench/straightforward.py) and the worker, each in a process of
+its own and a consumer group of its own, each timed from its first record read
+(steady) and from spawn (whole run), with the CPU of its own process tree. Then
+it measures the sink alone, two workers in one group, the latency from a
+conversation's end to the sink's 200 at 80 % of the worker's steady rate,
+memory per open conversation, and long conversations with full histories, and
+prints behaviour.md's figures with their targets. docs/benchmark.md says what
+exactly each figure measures.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ if str(ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 import state as state_phase  # noqa: E402
 import straightforward  # noqa: E402
+from engine import LONG_SHAPE  # noqa: E402
 from harness import (  # noqa: E402
     BENCH,
     PYTHON,
@@ -61,7 +65,17 @@ from consumer.settings import Settings  # noqa: E402
 from consumer.testing import workload  # noqa: E402
 from consumer.testing.localkafka import KafkaCluster, free_ports  # noqa: E402
 
-PHASES = ("bare", "straightforward", "worker", "sink", "scaling", "latency", "memory", "state")
+PHASES = (
+    "bare",
+    "straightforward",
+    "worker",
+    "sink",
+    "scaling",
+    "latency",
+    "memory",
+    "long",
+    "state",
+)
 EXTRA_PHASES = ("inline",)
 """Run only when named: the straightforward implementation awaiting each post in place."""
 MB = 1024 * 1024
@@ -92,6 +106,8 @@ class Bench:
     session: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
     names: itertools.count[int] = field(default_factory=itertools.count)
     broker_pid: int | None = None
+    loads: dict[str, Workload] = field(default_factory=dict)
+    """The workloads the phases wrote, by name ("main", "long"), for `--profile`."""
 
     def name(self, what: str) -> str:
         return f"bench-{self.run_id}-{what}-{next(self.names)}"
@@ -144,15 +160,24 @@ async def phase_produce(bench: Bench) -> Workload:
         "partitions": args.partitions,
         "produce_events_per_second": n / seconds,
     }
+    bench.loads["main"] = load
     return load
 
 
-async def contender(bench: Bench, load: Workload, script: str, *extra: str) -> dict[str, Any]:
-    """One of the scripts beside this file, over the whole topic, from spawn to exit."""
+async def contender(
+    bench: Bench, load: Workload, script: str, *extra: str, passes: int = 1
+) -> dict[str, Any]:
+    """One of the scripts beside this file over the whole topic (`passes` times).
+
+    Whole run: spawn to exit. Steady: from the first record the script read to
+    its end (all read, posted and committed), both instants and the CPU then
+    reported by the script itself (`bare.Steady`).
+    """
     name = script.removesuffix(".py")
+    expect = len(load.records)
     command = [
         *(PYTHON, str(BENCH / script), "--bootstrap-servers", bench.bootstrap),
-        *("--topic", load.topic, "--group", bench.name(name), "--expect", str(len(load.records))),
+        *("--topic", load.topic, "--group", bench.name(name), "--expect", str(expect)),
         *extra,
     ]
     meter = bench.meter()
@@ -163,32 +188,52 @@ async def contender(bench: Bench, load: Workload, script: str, *extra: str) -> d
     cpu_seconds = child.cpu_seconds or 0.0
     shares = meter.shares(**{name: cpu_seconds})
     inner = json.loads(child.output().splitlines()[-1])
-    if inner["records"] != len(load.records):
-        raise BenchError(f"{name} read {inner['records']} of {len(load.records)} records")
+    events = expect * passes
+    if inner["records"] != events:
+        raise BenchError(f"{name} read {inner['records']} of {events} records")
+    steady_seconds = inner["ended_at"] - inner["first_read_at"]
     return {
-        "events_per_second": len(load.records) / seconds,
+        "events": events,
+        "events_per_second": events / seconds,
         "seconds": seconds,
         "seconds_after_imports": inner["seconds"],
+        "steady_seconds": steady_seconds,
+        "steady_events_per_second": events / steady_seconds,
+        "startup_seconds": inner["first_read_at"] - child.started,
         "peak_rss_mb": inner["peak_rss_kb"] / 1024,
         "cpu": shares,
-        "cpu_us_per_event": cpu_seconds / len(load.records) * 1e6,
+        "cpu_us_per_event": cpu_seconds / events * 1e6,
+        "steady_cpu_us_per_event": (inner["ended_cpu"] - inner["first_read_cpu"]) / events * 1e6,
         "failures": inner.get("failures", 0),
     }
 
 
+def rates(result: dict[str, Any]) -> str:
+    """The steady and whole-run rates and CPU costs of one contender's result, in words."""
+    return (
+        f"steady {result['steady_events_per_second']:,.0f} events/s over "
+        f"{result['steady_seconds']:.2f}s from the first record read, "
+        f"{result['steady_cpu_us_per_event']:.1f} us CPU per event; whole run "
+        f"{result['events_per_second']:,.0f} events/s over {result['seconds']:.2f}s "
+        f"({result['startup_seconds']:.2f}s before the first record), "
+        f"{result['cpu_us_per_event']:.1f} us CPU per event"
+    )
+
+
 async def phase_bare(bench: Bench, load: Workload) -> None:
-    result = await contender(bench, load, "bare.py")
+    passes = bench.args.bare_passes
+    result = await contender(bench, load, "bare.py", "--passes", str(passes), passes=passes)
     bench.results["bare"] = result
     print(
-        f"bare aiokafka loop: {result['events_per_second']:,.0f} events/s "
-        f"({result['seconds']:.2f}s, of which {result['seconds_after_imports']:.2f}s after "
-        f"imports; peak RSS {result['peak_rss_mb']:.0f} MB; "
-        f"{result['cpu_us_per_event']:.0f} us CPU per event)"
+        f"bare aiokafka loop, {passes} passes over the topic ({result['events']:,} records; "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB):\n  {rates(result)}"
     )
     print(cpu_line(result["cpu"]))
 
 
-async def phase_straightforward(bench: Bench, load: Workload, *, inline: bool = False) -> None:
+async def phase_straightforward(
+    bench: Bench, load: Workload, *, inline: bool = False, key: str = "straightforward"
+) -> dict[str, Any]:
     await bench.sink.reset()
     extra = ["--api-base-url", bench.sink.url, *(["--inline"] if inline else [])]
     result = await contender(bench, load, "straightforward.py", *extra)
@@ -199,14 +244,13 @@ async def phase_straightforward(bench: Bench, load: Workload, *, inline: bool = 
             f"conversations, {result['failures']} posts failed"
         )
     label = "straightforward, posts awaited in place" if inline else "straightforward"
-    bench.results["straightforward_inline" if inline else "straightforward"] = result
+    bench.results[key] = result
     print(
-        f"{label}: {result['events_per_second']:,.0f} events/s "
-        f"({result['seconds']:.2f}s, {stats['requests']:,} requests; "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB; "
-        f"{result['cpu_us_per_event']:.0f} us CPU per event)"
+        f"{label} ({stats['requests']:,} requests; peak RSS {result['peak_rss_mb']:.0f} MB):"
+        f"\n  {rates(result)}"
     )
     print(cpu_line(result["cpu"]))
+    return result
 
 
 def worker_env(bench: Bench, topic: str, group: str, **settings: Any) -> dict[str, str]:
@@ -264,6 +308,34 @@ async def ready(bench: Bench, child: Child, env: dict[str, str], timeout: float 
         await asyncio.sleep(0.05)
 
 
+@dataclass
+class FirstRead:
+    """When a worker first read records, seen through its `records_consumed` metric.
+
+    The metric moves once the first batch (at most `MAX_BUFFERED_RECORDS`) is
+    handled; it is scraped every `INTERVAL` seconds until it moves. `at` is the
+    moment the last scrape that still showed 0 was sent, and `cpu` the workers'
+    CPU read just before it. The first read lies at most one batch's handling
+    before `at`, or at most one scrape interval and round trip after it.
+    """
+
+    INTERVAL = 0.02
+    at: float | None = None
+    cpu: float = 0.0
+
+    async def watch(self, bench: Bench, children: list[Child], ports: list[str]) -> None:
+        urls = [f"http://127.0.0.1:{port}/metrics" for port in ports]
+        last = (time.monotonic(), sum(child.cpu_now() for child in children))
+        while True:
+            for url in urls:
+                status, text = await http_get(bench.session, url)
+                if status == 200 and metric_sum(text, "inkeep_consumer_records_consumed_total"):
+                    self.at, self.cpu = last
+                    return
+            await asyncio.sleep(self.INTERVAL)
+            last = (time.monotonic(), sum(child.cpu_now() for child in children))
+
+
 async def end_to_end(
     bench: Bench, load: Workload, label: str, processes: int = 1, profile: Path | None = None
 ) -> dict[str, Any]:
@@ -271,51 +343,64 @@ async def end_to_end(
     await bench.sink.reset()
     group = bench.name(label)
     end = await bench.offsets.end(load.topic)
-    children = [
-        spawn_worker(bench, f"{label}-{i}", worker_env(bench, load.topic, group), profile)
-        for i in range(processes)
-    ]
+    envs = [worker_env(bench, load.topic, group) for _ in range(processes)]
+    children = [spawn_worker(bench, f"{label}-{i}", env, profile) for i, env in enumerate(envs)]
     meter = bench.meter()
+    first = FirstRead()
+    watcher = asyncio.create_task(first.watch(bench, children, [e["HTTP_PORT"] for e in envs]))
     began = min(child.started for child in children)
     acked_at = None
     deadline = began + bench.args.timeout
-    while True:
-        stats = await bench.sink.stats()
-        now = time.monotonic()
-        if (
-            acked_at is None
-            and stats["distinct"] >= load.conversations
-            and (stats["ended"] >= load.ended)
-        ):
-            acked_at = now
-        if acked_at is not None and await bench.offsets.caught_up(group, end):
-            done = time.monotonic()
-            break
-        for child in children:
-            if child.poll() is not None:
-                raise BenchError(f"{child.name} exited early ({child.code})\n{child.tail()}")
-        if now > deadline:
-            await stop_all(children)
-            raise BenchError(
-                f"{label}: not done after {bench.args.timeout:.0f}s (sink saw {stats['distinct']} "
-                f"of {load.conversations} conversations)\n{children[0].tail()}"
-            )
-        await asyncio.sleep(0.1)
+    try:
+        while True:
+            stats = await bench.sink.stats()
+            now = time.monotonic()
+            if (
+                acked_at is None
+                and stats["distinct"] >= load.conversations
+                and (stats["ended"] >= load.ended)
+            ):
+                acked_at = now
+            if acked_at is not None and await bench.offsets.caught_up(group, end):
+                done = time.monotonic()
+                break
+            for child in children:
+                if child.poll() is not None:
+                    raise BenchError(f"{child.name} exited early ({child.code})\n{child.tail()}")
+            if now > deadline:
+                await stop_all(children)
+                raise BenchError(
+                    f"{label}: not done after {bench.args.timeout:.0f}s (sink saw "
+                    f"{stats['distinct']} of {load.conversations} conversations)\n"
+                    f"{children[0].tail()}"
+                )
+            await asyncio.sleep(0.05 if acked_at is not None else 0.1)
+        used = {c.name: c.cpu_now() for c in children}
+    finally:
+        watcher.cancel()
+    if first.at is None:
+        raise BenchError(f"{label}: done, but its records_consumed metric was never seen moving")
     stats = await bench.sink.stats()
     hwm = [child.status_kb("VmHWM") for child in children]
-    used = {c.name: c.cpu_now() for c in children}
     shares = meter.shares(**used)
     await stop_all(children)
     codes = [child.code for child in children]
     seconds = done - began
+    events = len(load.records)
+    steady_seconds = done - first.at
     return {
-        "events_per_second": len(load.records) / seconds,
+        "events": events,
+        "events_per_second": events / seconds,
         "seconds": seconds,
+        "steady_seconds": steady_seconds,
+        "steady_events_per_second": events / steady_seconds,
+        "startup_seconds": first.at - began,
         "acked_seconds": acked_at - began,
         "requests": stats["requests"],
         "request_bytes": stats["bytes"],
         "cpu": shares,
-        "cpu_us_per_event": sum(used.values()) / len(load.records) * 1e6,
+        "cpu_us_per_event": sum(used.values()) / events * 1e6,
+        "steady_cpu_us_per_event": (sum(used.values()) - first.cpu) / events * 1e6,
         "peak_rss_mb": max(hwm) / 1024,
         "exit_codes": codes,
         "state_topic": f"{group}.state",
@@ -327,40 +412,72 @@ async def phase_worker(bench: Bench, load: Workload) -> None:
     bench.results["worker"] = result
     records, size = await bench.offsets.size(result["state_topic"])
     result["state_records"], result["state_bytes"] = records, size
-    bare = bench.results.get("bare", {}).get("events_per_second")
-    plain = bench.results.get("straightforward", {}).get("events_per_second")
-    rate = result["events_per_second"]
     print(
-        f"worker: {rate:,.0f} events/s ({result['seconds']:.2f}s to offsets committed, "
-        f"{result['acked_seconds']:.2f}s to the last 200; {result['requests']:,} requests, "
-        f"mean body {result['request_bytes'] / max(result['requests'], 1):,.0f} B; "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB; {result['cpu_us_per_event']:.0f} us CPU "
-        f"per event; exit {result['exit_codes']})"
+        f"worker ({result['seconds']:.2f}s to offsets committed, {result['acked_seconds']:.2f}s "
+        f"to the last 200; {result['requests']:,} requests, mean body "
+        f"{result['request_bytes'] / max(result['requests'], 1):,.0f} B; peak RSS "
+        f"{result['peak_rss_mb']:.0f} MB; exit {result['exit_codes']}):\n  {rates(result)}"
     )
     print(
         f"  state topic: {records:,} records, {size / MB:,.0f} MB "
         f"({size / load.size:.2f} bytes per input byte)"
     )
     print(cpu_line(result["cpu"]))
-    if bare:
-        result["ratio_bare"] = rate / bare
-    if plain:
-        result["ratio_straightforward"] = rate / plain
-    print(
-        f"  = {result.get('ratio_bare', float('nan')):.2f}x bare (target >= 0.6), "
-        f"{result.get('ratio_straightforward', float('nan')):.2f}x straightforward (target >= 3)"
-    )
-    costs = {
-        name: bench.results[name]["cpu_us_per_event"]
-        for name in ("bare", "straightforward")
-        if name in bench.results
-    }
-    if costs:
-        mine = result["cpu_us_per_event"]
-        print(
-            "  CPU per event, less contended than wall time: "
-            + ", ".join(f"{mine / cost:.1f}x {name}'s" for name, cost in costs.items())
+    for name in ("bare", "straightforward"):
+        other = bench.results.get(name)
+        if other is None:
+            continue
+        result[f"steady_ratio_{name}"] = (
+            result["steady_events_per_second"] / other["steady_events_per_second"]
         )
+        result[f"ratio_{name}"] = result["events_per_second"] / other["events_per_second"]
+        result[f"cpu_ratio_{name}"] = result["steady_cpu_us_per_event"] / max(
+            other["steady_cpu_us_per_event"], 1e-9
+        )
+        print(
+            f"  against {name}: {result[f'steady_ratio_{name}']:.2f}x its steady rate "
+            f"({result[f'ratio_{name}']:.2f}x whole run), "
+            f"{result[f'cpu_ratio_{name}']:.1f}x its steady CPU per event"
+        )
+
+
+async def phase_long(bench: Bench) -> None:
+    """Long conversations with full histories: the straightforward implementation, the worker."""
+    args = bench.args
+    load = build_workload(bench.name("long"), args.long_events, args.seed + 3, LONG_SHAPE)
+    seconds = await write(bench, load)
+    bench.loads["long"] = load
+    n = len(load.records)
+    print(
+        f"long conversations: {n:,} events ({load.size / MB:.0f} MB, mean {load.size / n:,.0f} "
+        f"B), {load.conversations:,} conversations of {n / load.conversations:.0f} events, "
+        f"full histories; written in {seconds:.1f}s"
+    )
+    plain = await phase_straightforward(bench, load, key="long_straightforward")
+    worker = await end_to_end(bench, load, "long-worker")
+    print(
+        f"worker on long conversations ({worker['requests']:,} requests, mean body "
+        f"{worker['request_bytes'] / max(worker['requests'], 1):,.0f} B; peak RSS "
+        f"{worker['peak_rss_mb']:.0f} MB; exit {worker['exit_codes']}):\n  {rates(worker)}"
+    )
+    print(cpu_line(worker["cpu"]))
+    worker["steady_ratio_straightforward"] = (
+        worker["steady_events_per_second"] / plain["steady_events_per_second"]
+    )
+    worker["straightforward_cpu_over_worker"] = plain["steady_cpu_us_per_event"] / max(
+        worker["steady_cpu_us_per_event"], 1e-9
+    )
+    bench.results["long"] = {
+        "events": n,
+        "bytes": load.size,
+        "conversations": load.conversations,
+        "worker": worker,
+    }
+    print(
+        f"  worker / straightforward on long conversations: "
+        f"{worker['steady_ratio_straightforward']:.2f}x steady rate, "
+        f"{worker['straightforward_cpu_over_worker']:.2f}x less CPU per event"
+    )
 
 
 def sample_bodies(load: Workload, limit: int) -> list[bytes]:
@@ -430,14 +547,17 @@ async def phase_sink(bench: Bench, load: Workload) -> None:
 
 async def phase_scaling(bench: Bench, load: Workload) -> None:
     result = await end_to_end(bench, load, "scaling", processes=2)
-    one = bench.results.get("worker", {}).get("events_per_second")
+    one = bench.results.get("worker")
     if one:
-        result["ratio_one_worker"] = result["events_per_second"] / one
+        result["steady_ratio_one_worker"] = (
+            result["steady_events_per_second"] / one["steady_events_per_second"]
+        )
+        result["ratio_one_worker"] = result["events_per_second"] / one["events_per_second"]
     bench.results["scaling"] = result
     print(
-        f"two workers, one group: {result['events_per_second']:,.0f} events/s "
-        f"({result['seconds']:.2f}s; {result.get('ratio_one_worker', float('nan')):.2f}x one "
-        f"worker; {result['requests']:,} requests; exit {result['exit_codes']})"
+        f"two workers, one group ({result['requests']:,} requests; exit "
+        f"{result['exit_codes']}; {result.get('steady_ratio_one_worker', float('nan')):.2f}x "
+        f"one worker's steady rate):\n  {rates(result)}"
     )
     print(cpu_line(result["cpu"]))
 
@@ -445,8 +565,9 @@ async def phase_scaling(bench: Bench, load: Workload) -> None:
 async def phase_latency(bench: Bench) -> None:
     """Paced live traffic: from the broker's ack of each `conversation.ended` to the sink's 200."""
     args = bench.args
-    worker_rate = bench.results.get("worker", {}).get("events_per_second")
-    rate = args.latency_rate or (worker_rate / 2 if worker_rate else 2000.0)
+    worker_rate = bench.results.get("worker", {}).get("steady_events_per_second")
+    share = args.latency_share
+    rate = args.latency_rate or (worker_rate * share if worker_rate else 2000.0)
     shape = workload.Shape(ended_share=1.0, active=max(50, int(rate)))
     load = build_workload(
         bench.name("live"), int(rate * args.latency_seconds), args.seed + 7, shape
@@ -488,6 +609,7 @@ async def phase_latency(bench: Bench) -> None:
     achieved = len(load.records) / seconds
     third = max(1, len(delays) // 3)
     result: dict[str, Any] = {
+        "share_of_worker_rate": rate / worker_rate if worker_rate else None,
         "target_events_per_second": rate,
         "events_per_second": achieved,
         "conversations": len(delays),
@@ -500,8 +622,9 @@ async def phase_latency(bench: Bench) -> None:
     }
     bench.results["latency"] = result
     ms = {key: f"{result[key] * 1000:,.0f} ms" for key in ("p50", "p90", "p99", "max")}
+    of_max = f" = {rate / worker_rate:.0%} of the worker's steady rate" if worker_rate else ""
     print(
-        f"end -> sink 200 at {achieved:,.0f} events/s ({len(delays):,} conversations): "
+        f"end -> sink 200 at {achieved:,.0f} events/s{of_max} ({len(delays):,} conversations): "
         f"p50 {ms['p50']}, p90 {ms['p90']}, p99 {ms['p99']} (target < 1 s), max {ms['max']}"
     )
     thirds = ", ".join(f"{value * 1000:,.0f}" for value in result["p50_by_third"])
@@ -580,53 +703,92 @@ async def phase_memory(bench: Bench) -> None:
     )
 
 
-async def phase_profile(bench: Bench, load: Workload) -> None:
-    """The worker end to end under pyinstrument; its figures are not reported, only the profile."""
-    session = bench.work / "worker.pyisession"
-    result = await end_to_end(bench, load, "profile", profile=session)
-    print(f"profiled run: {result['events_per_second']:,.0f} events/s under the profiler")
+async def phase_profile(bench: Bench, load: Workload, label: str, cpu_us: float | None) -> None:
+    """The worker end to end under pyinstrument: where its CPU per event goes.
+
+    Its own rate is not reported (the profiler slows it); the shares of busy
+    time it finds are scaled to `cpu_us`, the unprofiled run's CPU per event.
+    """
+    session = bench.work / f"{label}.pyisession"
+    result = await end_to_end(bench, load, f"profile-{label}", profile=session)
+    print(
+        f"profiled run, {label} workload: {result['steady_events_per_second']:,.0f} events/s "
+        "steady under the profiler"
+    )
     for renderer, suffix in (("text", "txt"), ("html", "html")):
-        out = bench.work / f"profile.{suffix}"
+        out = bench.work / f"profile-{label}.{suffix}"
         command = [
-            PYTHON,
-            "-m",
-            "pyinstrument",
-            "--load",
-            str(session),
-            "-r",
-            renderer,
-            "-o",
-            str(out),
-            "--no-color",
+            *(PYTHON, "-m", "pyinstrument", "--load", str(session)),
+            *("-r", renderer, "-o", str(out), "--no-color"),
         ]
-        render = Child(f"render-{suffix}", command, bench.work, dict(os.environ))
+        render = Child(f"render-{label}-{suffix}", command, bench.work, dict(os.environ))
         if await render.wait(120) != 0:
             raise BenchError(f"rendering the profile failed\n{render.tail()}")
         print(f"  profile: {out}")
-    print(self_time_table(session))
+    print(profile_map(session, cpu_us))
 
 
-def self_time_table(path: Path, rows: int = 25) -> str:
-    """The functions where the worker's process spent its samples, by self time."""
+async def profiles(bench: Bench) -> None:
+    """Profile the worker on every workload this run wrote (the main one, the long one)."""
+    for label, load in bench.loads.items():
+        if label == "long":
+            measured = bench.results.get("long", {}).get("worker", {})
+        else:
+            measured = bench.results.get("worker", {})
+        await phase_profile(bench, load, label, measured.get("steady_cpu_us_per_event"))
+
+
+IDLE = frozenset({"select", "poll", "epoll.poll", "select.select", "[await]", "[out-of-context]"})
+"""Frames where the worker waits rather than works (the event loop's epoll)."""
+
+
+def profile_map(path: Path, cpu_us: float | None, rows: int = 20) -> str:
+    """Busy self time after start-up, by component and by function, as shares and as us/event.
+
+    Imports (anything under importlib, which runs every imported module) are start-up and
+    left out, like the wait in epoll; a built-in's time goes to the component
+    that called it. The shares are of sampled wall time while busy, scaled to
+    the unprofiled run's steady CPU per event.
+    """
     from pyinstrument.session import Session  # noqa: PLC0415 - only with --profile.
 
-    session = Session.load(str(path))
-    root = session.root_frame()
+    root = Session.load(str(path)).root_frame()
     if root is None:
         return "  (no samples)"
-    totals: dict[str, float] = {}
-    stack = [root]
+    functions: dict[str, float] = {}
+    components: dict[str, float] = {}
+    idle = startup = 0.0
+    stack: list[tuple[Any, str, bool]] = [(root, "other", False)]
     while stack:
-        frame = stack.pop()
+        frame, caller, importing = stack.pop()
+        file_path = frame.file_path or "?"
+        importing = importing or "importlib" in file_path
+        kind = caller if file_path.startswith("<") else component(file_path)
         real = [child for child in frame.children if not child.is_synthetic]
-        stack.extend(real)
-        where = f"{frame.function} ({Path(frame.file_path or '?').name}:{frame.line_no})"
+        stack.extend((child, kind, importing) for child in real)
         own = frame.time - sum(child.time for child in real)
-        totals[where] = totals.get(where, 0.0) + own
-    whole = root.time
-    lines = [f"  self time, share of {whole:.1f}s sampled:"]
-    ranked = sorted(totals.items(), key=lambda item: item[1], reverse=True)[:rows]
-    lines += [f"  {100 * t / whole:5.1f}%  {where}" for where, t in ranked]
+        if frame.function in IDLE:
+            idle += own
+            continue
+        if importing:
+            startup += own
+            continue
+        where = f"{frame.function} ({Path(file_path).name}:{frame.line_no})"
+        functions[where] = functions.get(where, 0.0) + own
+        components[kind] = components.get(kind, 0.0) + own
+    busy = sum(functions.values())
+    scale = f"; us of CPU per event, scaled to {cpu_us:.1f} unprofiled" if cpu_us else ""
+    head = f"  {root.time:.1f}s sampled: {busy:.1f}s busy, {startup:.1f}s importing, "
+    lines = [f"{head}{idle:.1f}s idle{scale}"]
+    for title, counts, limit in (
+        ("by component", components, 12),
+        ("by function", functions, rows),
+    ):
+        lines.append(f"  {title}:")
+        for name, seconds in sorted(counts.items(), key=lambda item: item[1], reverse=True)[:limit]:
+            share = seconds / busy if busy else 0.0
+            us = f" {share * cpu_us:6.1f} us" if cpu_us else ""
+            lines.append(f"  {100 * share:5.1f}%{us}  {name}")
     return "\n".join(lines)
 
 
@@ -639,6 +801,91 @@ def phase_state(args: argparse.Namespace) -> dict[str, Any]:
     print("state phase (engine-level, no broker) ...", flush=True)
     options = ["--seed", str(args.seed), "--restore-conversations", str(args.state_restore)]
     return {"state": state_phase.measure(state_phase.parser().parse_args(options))}
+
+
+COMPONENTS = (
+    ("aiokafka", "aiokafka"),
+    ("/kafka/", "aiokafka"),
+    ("aiohttp", "aiohttp"),
+    ("yarl", "aiohttp"),
+    ("multidict", "aiohttp"),
+    ("structlog", "logging"),
+    ("logging", "logging"),
+    ("prometheus_client", "metrics"),
+    ("asyncio", "asyncio"),
+    ("selectors", "asyncio"),
+    ("pyinstrument", "profiler"),
+)
+
+
+def component(file_path: str) -> str:
+    """`.../consumer/engine.py` -> `consumer/engine.py`; a library's file -> the library."""
+    if "/consumer/" in file_path and "-packages/" not in file_path:
+        return "consumer/" + file_path.rsplit("/consumer/", 1)[1]
+    for mark, name in COMPONENTS:
+        if mark in file_path:
+            return name
+    return "other"
+
+
+TARGETS = (
+    ("steady end-to-end / bare loop's steady rate", ">= 0.4", "x"),
+    ("  the same in CPU per event (bare's / ours)", ">= 0.4", "x"),
+    ("worker CPU per event (steady)", "<= 20 us", "us"),
+    ("long conversations: worker / straightforward", ">= 3", "x"),
+    ("  the same in CPU per event (theirs / ours)", ">= 3", "x"),
+    ("RSS per 100k open conversations", "<= 300 MB", "MB"),
+    ("p99 end -> sink 200 at 80% of the max rate", "< 1 s", "ms"),
+    ("two workers / one worker, steady rate", "(no number set)", "x"),
+)
+
+
+def targets(bench: Bench) -> list[dict[str, Any]]:
+    """behaviour.md's "Performance" figures from this run, each with its target and verdict."""
+    r = bench.results
+    worker, long, latency = r.get("worker", {}), r.get("long", {}), r.get("latency", {})
+    share = latency.get("share_of_worker_rate")
+    bare_cpu = worker.get("cpu_ratio_bare")
+    long_cpu = long.get("worker", {}).get("straightforward_cpu_over_worker")
+    values: list[tuple[float | None, bool | None]] = [
+        (ratio := worker.get("steady_ratio_bare"), None if ratio is None else ratio >= 0.4),
+        (
+            None if bare_cpu is None else 1 / bare_cpu,
+            None if bare_cpu is None else 1 / bare_cpu >= 0.4,
+        ),
+        (cpu := worker.get("steady_cpu_us_per_event"), None if cpu is None else cpu <= 20),
+        (
+            long_ratio := long.get("worker", {}).get("steady_ratio_straightforward"),
+            None if long_ratio is None else long_ratio >= 3,
+        ),
+        (long_cpu, None if long_cpu is None else long_cpu >= 3),
+        (mb := r.get("memory", {}).get("per_100k_mb"), None if mb is None else mb <= 300),
+        (
+            p99 := latency.get("p99"),
+            None if p99 is None or share is None or abs(share - 0.8) > 0.01 else p99 < 1.0,
+        ),
+        (r.get("scaling", {}).get("steady_ratio_one_worker"), None),
+    ]
+    rows = []
+    for (name, target, unit), (value, met) in zip(TARGETS, values, strict=True):
+        rows.append({"figure": name, "target": target, "unit": unit, "value": value, "met": met})
+    return rows
+
+
+def print_targets(rows: list[dict[str, Any]]) -> None:
+    print(f"behaviour.md's figures (load average {os.getloadavg()[0]:.1f}):")
+    for row in rows:
+        value = row["value"]
+        if value is None:
+            shown = "not measured"
+        elif row["unit"] == "ms":
+            shown = f"{value * 1000:,.0f} ms"
+        elif row["unit"] == "x":
+            shown = f"{value:.2f}x"
+        else:
+            shown = f"{value:,.1f} {row['unit']}"
+        verdict = {True: "met", False: "NOT met", None: "-"}[row["met"]]
+        print(f"  {row['figure']:<48} {shown:>14}  target {row['target']:<16} {verdict}")
 
 
 async def run(args: argparse.Namespace, figures: dict[str, Any]) -> int:
@@ -672,18 +919,23 @@ async def run(args: argparse.Namespace, figures: dict[str, Any]) -> int:
         steps = {
             "bare": lambda: phase_bare(bench, load),
             "straightforward": lambda: phase_straightforward(bench, load),
-            "inline": lambda: phase_straightforward(bench, load, inline=True),
+            "inline": lambda: phase_straightforward(
+                bench, load, inline=True, key="straightforward_inline"
+            ),
             "worker": lambda: phase_worker(bench, load),
             "sink": lambda: phase_sink(bench, load),
             "scaling": lambda: phase_scaling(bench, load),
             "latency": lambda: phase_latency(bench),
             "memory": lambda: phase_memory(bench),
+            "long": lambda: phase_long(bench),
         }
         for phase in ("bare", "straightforward", "inline", *PHASES[2:]):
             if phase in phases:
                 await steps[phase]()
+        print_targets(rows := targets(bench))
+        bench.results["targets"] = rows
         if args.profile:
-            await phase_profile(bench, load)
+            await profiles(bench)
     except BenchError as exc:
         print(f"benchmark failed: {exc}")
         return 1
@@ -714,7 +966,15 @@ def main() -> int:
         default=",".join(PHASES),
         help=f"comma-separated, from {','.join(PHASES + EXTRA_PHASES)} (inline: only if named)",
     )
-    add("--latency-rate", type=float, default=0.0, help="events/s (default: half the worker's)")
+    add("--bare-passes", type=int, default=8, help="times the bare loop reads the topic")
+    add("--long-events", type=int, default=10_000, help="size of the long-conversation workload")
+    add(
+        "--latency-share",
+        type=float,
+        default=0.8,
+        help="latency phase rate, share of the worker's steady rate",
+    )
+    add("--latency-rate", type=float, default=0.0, help="events/s (overrides --latency-share)")
     add("--latency-seconds", type=float, default=30.0, help="length of the paced run")
     add("--open-conversations", type=int, default=100_000, help="for the memory phase")
     add("--state-restore", type=int, default=10_000, help="open conversations, state phase")

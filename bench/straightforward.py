@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer
-from bare import peak_rss_kb
+from bare import Steady, peak_rss_kb
 
 Conversation = dict[str, Any]
 
@@ -174,10 +174,13 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     conversations: dict[str, Conversation] = {}
     posts: set[asyncio.Task[None]] = set()
     seen = 0
+    first = Steady()
     try:
         async with aiohttp.ClientSession() as session:
             while seen < args.expect:
                 batch = await consumer.getmany(timeout_ms=500)
+                if batch:
+                    first.mark()
                 for records in batch.values():
                     for record in records:
                         seen += 1
@@ -206,6 +209,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         "failures": failures,
         "seconds": time.monotonic() - began,
         "peak_rss_kb": peak_rss_kb(),
+        **first.result(),
     }
 
 

@@ -13,6 +13,10 @@ MAX_ANSWER_BYTES = 8192
 """The API's answer is kept in a header; headers should stay small."""
 
 
+CONVERSATIONS = "/conversations"
+"""The endpoint of a dead letter without an `api.path` header (all the previous release wrote)."""
+
+
 class DeadLetter(NamedTuple):
     key: bytes | None
     value: bytes
@@ -52,12 +56,17 @@ def conversation(  # noqa: PLR0913 - keyword-only: each names a header.
     partition: int,
     status: int | None = None,
     answer: bytes = b"",
+    path: str = CONVERSATIONS,
 ) -> DeadLetter:
-    """A conversation body that was not (or not wholly) logged, with the API's answer."""
+    """A request body that was not (or not wholly) logged, with the API's answer.
+
+    `path` names the endpoint: a conversation's, or a feedback or interaction about it.
+    """
     headers = [
         ("error", kind.encode()),
         ("error.message", reason.encode()[:2048]),
         ("conversation_id", conversation_id.encode()),
+        ("api.path", path.encode()),
     ]
     if status is not None:
         headers.append(("api.status", str(status).encode()))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from consumer import payload
+from consumer import deadletter, payload
 from consumer.errors import ConfigError, InvalidEvent
 from consumer.events import decode_event
 
@@ -90,6 +90,11 @@ class Dead(msgspec.Struct, frozen=True):
     @property
     def conversation_id(self) -> str | None:
         return self._text("conversation_id")
+
+    @property
+    def path(self) -> str:
+        """The endpoint a request body was for; the previous release wrote conversations only."""
+        return self._text("api.path") or deadletter.CONVERSATIONS
 
     @property
     def source_topic(self) -> str | None:
@@ -433,7 +438,34 @@ class Replayer:
     async def _one(self, dead: Dead) -> Result:
         if dead.kind is Kind.RECORD:
             return await self._record(dead)
+        if dead.path != deadletter.CONVERSATIONS:
+            return await self._notice(dead)
         return await self._conversation(dead)
+
+    async def _notice(self, dead: Dead) -> Result:
+        """A feedback or interaction request: its stable id makes sending it again harmless."""
+        if not self.execute:
+            return self._result(dead, Action.SEND, executed=False, detail=dead.path)
+        assert self._sink is not None
+        delivery = await self._sink.deliver(None, dead.value, path=dead.path)
+        if delivery.outcome != "acked":
+            return self._result(
+                dead,
+                Action.FAILED,
+                executed=False,
+                detail=f"the API refused it again at {dead.path} ({delivery.status})",
+            )
+        log.info(
+            "dlq_replayed",
+            action=str(Action.SEND),
+            conversation_id=dead.conversation_id,
+            path=dead.path,
+            partition=dead.partition,
+            offset=dead.offset,
+            status=delivery.status,
+        )
+        await self._write_ledger(dead, Action.SEND, status=delivery.status)
+        return self._result(dead, Action.SEND, executed=True, detail=dead.path)
 
     async def _record(self, dead: Dead) -> Result:
         why = still_invalid(dead, self.settings.max_record_bytes)

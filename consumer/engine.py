@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from consumer import changelog, events, payload, responses, state
-from consumer.errors import InvalidEvent, Rejected, StateError
+from consumer import changelog, events, feedback, payload, responses, state
+from consumer.errors import CannotFit, InvalidEvent, StateError
 from consumer.fit import fit
 
 
@@ -96,7 +96,40 @@ class Refusal(msgspec.Struct, frozen=True):
     reason: str = "fewer_messages"
 
 
-Decision = Flush | Refusal
+class Notice(msgspec.Struct, frozen=True):
+    """Send `body` to `path` (`POST /feedback` or `/events`), then call
+    `notice_acknowledged` or `notice_dead_lettered` with `offset`.
+
+    Issued only once the API has acknowledged a conversation body holding the
+    message it names; at most one per conversation is out at a time, in input
+    order, so a changed rating never lands before the one it replaces.
+    """
+
+    conversation_id: str
+    offset: int
+    kind: feedback.NoticeKind
+    path: str
+    body: bytes
+    created: float
+
+
+class NoticeRefusal(msgspec.Struct, frozen=True):
+    """A feedback or interaction that cannot be logged; it goes to the dead-letter topic.
+
+    `body` is the request that would have been sent to `path`, or, with `path`
+    None, the producer's event itself when no request could be built (a replay
+    sends it back to the input). `reason` is a `feedback.Unresolved`.
+    """
+
+    conversation_id: str
+    offset: int
+    kind: feedback.NoticeKind
+    reason: feedback.Unresolved
+    body: bytes
+    path: str | None = None
+
+
+Decision = Flush | Refusal | Notice | NoticeRefusal
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -150,9 +183,11 @@ class _Log(msgspec.Struct, gc=False):
 class _Restoring:
     """State-topic records as read, last per key, until they are assembled into conversations."""
 
-    __slots__ = ("heads", "segments")
+    __slots__ = ("heads", "noticed", "segments")
 
     def __init__(self) -> None:
+        self.noticed: dict[str, list[state.Notice]] = {}
+        """Notices of completed conversations, which are kept as blobs."""
         self.heads: dict[str, changelog.LogRecord | state.Record | _Done | None] = {}
         self.segments: dict[str, dict[int, changelog.Segment | None]] = {}
 
@@ -180,6 +215,8 @@ class PartitionEngine:
         self._read: _Restoring | None = None
         self._covers: int | None = None
         self._restoring = False
+        self._noticed: dict[str, int] = {}
+        """Conversations with notices waiting or out: the input offset of the oldest."""
         self.duplicates = 0
         """Events ignored as already applied, for the runtime's counter."""
 
@@ -223,6 +260,7 @@ class PartitionEngine:
                 raise StateError(f"state record of conversation {cid!r}: a segment at its head key")
             if isinstance(record, state.ConversationState) and record.complete:
                 assert value is not None
+                self._read.noticed[cid] = record.notices
                 self._read.heads[cid] = _Done(
                     value if value[:1] == b"Z" else state.encode_record(record, compress=True),
                     record.completed_at or 0.0,
@@ -249,10 +287,12 @@ class PartitionEngine:
             self._markers.pop(cid, None)
             self._held.pop(cid, None)
             self._logs.pop(cid, None)
+            self._noticed.pop(cid, None)
             segments = read.segments.pop(cid, {})
             named = range(0)
             if isinstance(record, _Done):
                 self._done[cid] = record
+                self._note_waiting(cid, read.noticed.get(cid, []))
             elif isinstance(record, state.Marker):
                 self._markers[cid] = record
             elif record is not None:
@@ -268,6 +308,7 @@ class PartitionEngine:
                     conv = record
                     conv.seen = state.SeenKeys(conv.seen)
                 self._open[cid] = conv
+                self._index(conv)
                 if conv.in_flight or conv.pending is not None:
                     self._held[cid] = None
             self._sweep += [
@@ -305,6 +346,12 @@ class PartitionEngine:
                 conv.in_flight_trigger = None
                 conv.dirty = True
                 decisions += self._issue(conv, trigger, now)
+        for cid in list(self._noticed):
+            noted = self._find(cid)
+            if noted is not None:
+                for notice in noted.notices:
+                    notice.sent = False
+                decisions += self._pump(noted, now)
         return decisions
 
     def is_duplicate(self, event: events.Event, offset: int) -> bool:
@@ -331,6 +378,8 @@ class PartitionEngine:
         """
         self._assemble()
         self.skip(offset)
+        if isinstance(event, events.Feedback | events.Interaction):
+            return self._note(event, offset, now)
         cid = event.conversation_id
         key = state.event_key(event.event_id)
         found = self._open.get(cid)
@@ -345,12 +394,7 @@ class PartitionEngine:
         undo = self._snapshot(conv, key, adopted=found is None)
         try:
             occurred = event.occurred_at.astimezone(UTC)
-            planned: list[tuple[state.Entry, int]] = []
-            if isinstance(event, events.ChatCompletion):
-                planned = state.plan_completion(conv, event, occurred)
-            elif isinstance(event, events.ResponseEvent):
-                completion = responses.to_completion(event, responses.last_instructions(conv))
-                planned = state.plan_completion(conv, completion, occurred)
+            planned = _plan(conv, event, occurred)
             if found is None:
                 self._adopt(conv, offset)
             conv.last_event_at = now
@@ -380,9 +424,7 @@ class PartitionEngine:
     def due(self, now: float) -> list[Decision]:
         """Idle and max-open flushes that are due; expires completed state past retention."""
         self._assemble()
-        decisions = self._idle(now) + self._overdue(now)
-        self._expire(now)
-        return decisions
+        return self._idle(now) + self._overdue(now) + self._expire(now)
 
     def flush_open(self, trigger: Trigger, now: float) -> list[Decision]:
         """An interim flush of every open conversation with changes not yet flushed."""
@@ -403,12 +445,26 @@ class PartitionEngine:
         return decisions
 
     def acknowledged(self, conversation_id: str, seq: int, now: float) -> list[Decision]:
-        """The API took flush `seq`; issues the flush that became due meanwhile, if any."""
+        """The API took flush `seq`; issues the flush that became due meanwhile, if any,
+        and the notices whose message the API now holds."""
         return self._settle(conversation_id, seq, now, acked=True)
 
     def dead_lettered(self, conversation_id: str, seq: int, now: float) -> list[Decision]:
         """The API refused flush `seq` for good and its body is on the dead-letter topic."""
         return self._settle(conversation_id, seq, now, acked=False)
+
+    def notice_acknowledged(self, conversation_id: str, offset: int, now: float) -> list[Decision]:
+        """The API took the notice from input `offset`; issues the next one when it can go."""
+        return self._notice_settled(conversation_id, offset, now)
+
+    def notice_dead_lettered(self, conversation_id: str, offset: int, now: float) -> list[Decision]:
+        """The API refused the notice from `offset` for good; it is on the dead-letter topic."""
+        return self._notice_settled(conversation_id, offset, now)
+
+    @property
+    def waiting_notices(self) -> int:
+        """Conversations with a feedback or interaction not yet settled, for a gauge."""
+        return len(self._noticed)
 
     def checkpoint(self) -> Checkpoint:
         """The records of what changed since the last checkpoint, in the order they must go.
@@ -438,7 +494,8 @@ class PartitionEngine:
             if log is not None:
                 records += [(key, None) for key in log.keys(cid)]
         self._changed.clear()
-        held = (self._open[cid].unacked_from for cid in self._held)
+        held = [self._open[cid].unacked_from for cid in self._held]
+        held += self._noticed.values()
         hold = min((offset for offset in held if offset is not None), default=None)
         return Checkpoint(records=records, covers=self._covers, hold=hold)
 
@@ -608,7 +665,7 @@ class PartitionEngine:
     def _touch(
         self,
         conv: state.ConversationState,
-        event: events.Event,
+        event: events.ChatCompletion | events.ConversationEnded | events.ResponseEvent,
         key: int,
         offset: int,
         occurred: datetime,
@@ -663,13 +720,13 @@ class PartitionEngine:
             conv.unacked_from = None
             if conv.closing:
                 self._complete(conv, now)
-            return []
+            return self._pump(conv, now)
         conv.seq += 1
         reason = "history_expired" if conv.partial else "fewer_messages"
         if not conv.partial and count >= conv.acked_count:
             try:
                 cut, body, truncated = fit(whole, self._config.max_body_bytes)
-            except Rejected:
+            except CannotFit:
                 reason = "too_large"
             else:
                 conv.in_flight = conv.seq
@@ -701,7 +758,7 @@ class PartitionEngine:
         conv.unacked_from = None
         if conv.closing:
             self._complete(conv, now)
-        return [refusal]
+        return [refusal, *self._pump(conv, now)]
 
     def _settle(self, cid: str, seq: int, now: float, *, acked: bool) -> list[Decision]:
         self._assemble()
@@ -717,11 +774,11 @@ class PartitionEngine:
         conv.since_issue_from = None
         self._changed[cid] = None
         if conv.pending is not None:
-            return self._issue(conv, Trigger(conv.pending), now)
+            return self._issue(conv, Trigger(conv.pending), now) + self._pump(conv, now)
         self._held.pop(cid, None)
         if conv.closing and not conv.dirty:
             self._complete(conv, now)
-        return []
+        return self._pump(conv, now)
 
     def _complete(self, conv: state.ConversationState, now: float) -> None:
         """Consolidates: the compressed whole state replaces the log at the next checkpoint."""
@@ -779,13 +836,31 @@ class PartitionEngine:
         self._scheduled[conv.id] = deadline
         heapq.heappush(self._deadlines, (deadline, conv.id))
 
-    def _expire(self, now: float) -> None:
-        """Past retention a completed conversation becomes a marker; markers later go too."""
+    def _expire(self, now: float) -> list[Decision]:
+        """Past retention a completed conversation becomes a marker; markers later go too.
+
+        A notice still waiting then can never go (its history leaves the state): it is
+        dead-lettered rather than dropped.
+        """
+        decisions: list[Decision] = []
         retention = self._config.state_retention
         while self._done:
             cid, done = next(iter(self._done.items()))
             if done.completed_at + retention > now:
                 break
+            if self._noticed.pop(cid, None) is not None:
+                decisions += [
+                    NoticeRefusal(
+                        cid,
+                        notice.offset,
+                        feedback.NoticeKind(notice.kind),
+                        feedback.Unresolved.HISTORY_EXPIRED,
+                        notice.body,
+                        feedback.PATHS[feedback.NoticeKind(notice.kind)],
+                    )
+                    for notice in self._decode(done).notices
+                    if not notice.sent
+                ]
             del self._done[cid]
             self._markers[cid] = state.Marker(
                 id=cid,
@@ -802,12 +877,142 @@ class PartitionEngine:
                 break
             del self._markers[cid]
             self._changed[cid] = None
+        return decisions
+
+    def _note(self, event: feedback.Note, offset: int, now: float) -> list[Decision]:
+        """A feedback or interaction: resolved now, against the history as applied so far.
+
+        Within a partition the completion's event comes before anything about it,
+        so an unknown conversation or completion is final here. The conversation's
+        life cycle is untouched: a notice neither reopens nor dirties it.
+        """
+        cid = event.conversation_id
+        kind = feedback.NoticeKind.FEEDBACK
+        if isinstance(event, events.Interaction):
+            kind = feedback.NoticeKind.EVENT
+        conv = self._find(cid)
+        if conv is None:
+            marker = self._markers.get(cid)
+            if marker is not None and offset <= marker.last_offset:
+                self.duplicates += 1
+                return []
+            reason = feedback.Unresolved.UNKNOWN_CONVERSATION
+            if marker is not None:
+                reason = feedback.Unresolved.HISTORY_EXPIRED
+            return [NoticeRefusal(cid, offset, kind, reason, feedback.encode_event(event))]
+        key = state.event_key(event.event_id)
+        if offset <= conv.last_offset or key in conv.seen:
+            self.duplicates += 1
+            return []
+        try:
+            prepared = feedback.prepare(conv, event, offset)
+        except Exception as exc:  # Nothing changed yet: the record is dead-lettered.
+            raise InvalidEvent(
+                "unprocessable", f"{type(exc).__name__} while resolving the event: {exc}"[:300]
+            ) from exc
+        conv.seen.add(key)
+        conv.last_offset = offset
+        decisions: list[Decision] = []
+        if isinstance(prepared, feedback.Unresolved):
+            decisions.append(
+                NoticeRefusal(cid, offset, kind, prepared, feedback.encode_event(event))
+            )
+            self._save(conv)
+        else:
+            conv.notices.append(prepared)
+            decisions += self._pump(conv, now)
+        return decisions
+
+    def _pump(self, conv: state.ConversationState, now: float) -> list[Decision]:
+        """Issues the oldest notice once the API holds its message; refuses it when no
+        flush that could log the message is left. Saves the conversation if it has any."""
+        if not conv.notices:
+            return []
+        decisions: list[Decision] = []
+        while conv.notices and not self._restoring:
+            head = conv.notices[0]
+            kind = feedback.NoticeKind(head.kind)
+            if head.sent:
+                break
+            if head.need <= conv.acked_count:
+                head.sent = True
+                decisions.append(
+                    Notice(conv.id, head.offset, kind, feedback.PATHS[kind], head.body, now)
+                )
+                break
+            if conv.id in self._open and (conv.in_flight or conv.pending or conv.dirty):
+                break
+            conv.notices.pop(0)
+            decisions.append(
+                NoticeRefusal(
+                    conv.id,
+                    head.offset,
+                    kind,
+                    feedback.Unresolved.MESSAGE_NOT_LOGGED,
+                    head.body,
+                    feedback.PATHS[kind],
+                )
+            )
+        self._save(conv)
+        return decisions
+
+    def _notice_settled(self, cid: str, offset: int, now: float) -> list[Decision]:
+        conv = self._find(cid)
+        if conv is None or not conv.notices:
+            return []
+        head = conv.notices[0]
+        if head.offset != offset or not head.sent:
+            return []
+        conv.notices.pop(0)
+        if not conv.notices:
+            self._save(conv)
+        return self._pump(conv, now)
+
+    def _find(self, cid: str) -> state.ConversationState | None:
+        """The conversation open or completed (a decoded copy: `_save` writes it back)."""
+        conv = self._open.get(cid)
+        if conv is None:
+            done = self._done.get(cid)
+            if done is not None:
+                conv = self._decode(done)
+        return conv
+
+    def _save(self, conv: state.ConversationState) -> None:
+        """Records a change made outside the flush cycle, re-compressing a completed one."""
+        cid = conv.id
+        done = self._done.get(cid)
+        if done is not None and cid not in self._open:
+            done.blob = state.encode_record(conv, compress=True)
+            done.last_offset = conv.last_offset
+        self._index(conv)
+        self._changed[cid] = None
+
+    def _index(self, conv: state.ConversationState) -> None:
+        self._note_waiting(conv.id, conv.notices)
+
+    def _note_waiting(self, cid: str, notices: list[state.Notice]) -> None:
+        if notices:
+            self._noticed[cid] = min(notice.offset for notice in notices)
+        else:
+            self._noticed.pop(cid, None)
 
     @staticmethod
     def _decode(done: _Done) -> state.ConversationState:
         record = state.decode_record(done.blob)
         assert isinstance(record, state.ConversationState)
         return record
+
+
+def _plan(
+    conv: state.ConversationState, event: events.Event, occurred: datetime
+) -> list[tuple[state.Entry, int]]:
+    """The entries (with fingerprints) an event adds to the conversation, nothing changed yet."""
+    if isinstance(event, events.ChatCompletion):
+        return state.plan_completion(conv, event, occurred)
+    if isinstance(event, events.ResponseEvent):
+        completion = responses.to_completion(event, responses.last_instructions(conv))
+        return state.plan_completion(conv, completion, occurred)
+    return []
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,5 +76,12 @@ class Rejected(SinkError):
     """400/422 and other final answers: the body goes to the dead-letter topic."""
 
 
+class CannotFit(ConsumerError):
+    """A conversation cannot be cut to the API's body limit.
+
+    The worker's own refusal (`too_large`), not the API's (`Rejected`).
+    """
+
+
 class StateError(ConsumerError):
     """A state-topic record cannot be read: stop rather than flush a partial history."""

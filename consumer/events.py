@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from consumer.errors import InvalidEvent
+from consumer.payload import FeedbackType
 
 MAX_DEPTH = 256
 """Deepest nesting of arrays and objects anywhere in a record, its top object counting 1.
@@ -273,7 +274,49 @@ class ResponseEvent(msgspec.Struct, frozen=True, tag_field="event_type", tag="re
     conversation: ConversationMeta | None = None
 
 
-Event = ChatCompletion | ConversationEnded | ResponseEvent
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Details = Annotated[str, msgspec.Meta(max_length=4096)]
+MAX_REASONS = 32
+
+
+class Reason(msgspec.Struct, frozen=True):
+    """Why a user rated a reply so: a short label, and what they wrote."""
+
+    label: Label
+    details: Details = ""
+
+
+class Feedback(msgspec.Struct, frozen=True, tag_field="event_type", tag="feedback"):
+    """A user's rating of one reply (contract v1.1); logged at `POST /feedback`.
+
+    `completion_id` is the reply's `response.id` (a Responses API call's id counts
+    too). A later rating by the same user of the same reply replaces the earlier one.
+    """
+
+    event_id: Id
+    conversation_id: Id
+    occurred_at: Timestamp
+    completion_id: Id
+    rating: FeedbackType
+    reasons: Annotated[list[Reason], msgspec.Meta(max_length=MAX_REASONS)] | None = None
+    properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+
+
+class Interaction(msgspec.Struct, frozen=True, tag_field="event_type", tag="interaction"):
+    """Something a user did with a reply, or with the conversation when `completion_id` is
+    absent (contract v1.1); logged at `POST /events` with `name` as its type."""
+
+    event_id: Id
+    conversation_id: Id
+    occurred_at: Timestamp
+    name: Label
+    completion_id: Id | None = None
+    properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+
+
+Event = ChatCompletion | ConversationEnded | ResponseEvent | Feedback | Interaction
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
@@ -388,6 +431,8 @@ def _check_values(event: Event) -> None:
 
 def _free_values(event: Event) -> list[Any]:
     """Every free-form value the event carries, where producers may put any JSON."""
+    if isinstance(event, Feedback | Interaction):
+        return [event.properties, event.user_properties]
     free: list[Any] = []
     meta = event.conversation
     if meta is not None:
@@ -397,9 +442,13 @@ def _free_values(event: Event) -> list[Any]:
         free += [request.conversation, request.input if isinstance(request.input, list) else None]
         if result is not None:
             free += [result.output, result.usage, result.error, result.incomplete_details]
-        return free
-    if not isinstance(event, ChatCompletion):
-        return free
+    elif isinstance(event, ChatCompletion):
+        free += _completion_free(event)
+    return free
+
+
+def _completion_free(event: ChatCompletion) -> list[Any]:
+    free: list[Any] = []
     response = event.response
     messages = event.request.messages
     if response is not None:
@@ -407,11 +456,7 @@ def _free_values(event: Event) -> list[Any]:
         free += [choice.content_filter_results for choice in response.choices]
         messages = messages + [choice.message for choice in response.choices if choice.message]
     for message in messages:
-        free += (
-            message.annotations,
-            message.reasoning,
-            message.content_filter_results,
-        )
+        free += (message.annotations, message.reasoning, message.content_filter_results)
         parts = message.content
         if isinstance(parts, list):
             for part in parts:

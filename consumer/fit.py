@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from consumer import payload
-from consumer.errors import Rejected
+from consumer.errors import CannotFit
 
 MARK = "inkeep_consumer_truncated"
 """The conversation property that says contents were cut."""
@@ -32,7 +32,7 @@ def fit(
 ) -> tuple[payload.Conversation, bytes, bool]:
     """Returns the conversation, its body within `max_bytes`, and whether anything was cut.
 
-    Raises `Rejected` when even cutting every cuttable string cannot fit it.
+    Raises `CannotFit` when even cutting every cuttable string cannot fit it.
     """
     body = payload.encode(conversation)
     if len(body) <= max_bytes:
@@ -54,7 +54,7 @@ def fit(
         if len(body) <= max_bytes:
             return cut, body, True
         need += len(body) - max_bytes + _MARK_COST
-    raise Rejected(
+    raise CannotFit(
         f"conversation {conversation.id} cannot be cut to {max_bytes} bytes "
         f"({len(conversation.messages)} messages)"
     )

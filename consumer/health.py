@@ -114,8 +114,8 @@ class Health:
         self.restoring = restoring
 
     def set_auth_failed(self, failed: bool) -> None:  # noqa: FBT001 - a setter.
+        """Mirrors the sink's view; the sink keeps the `auth_failing` gauge, where it changes."""
         self.auth_failed = failed
-        metrics.auth_failing.set(1 if failed else 0)
 
     @property
     def api_reachable(self) -> bool:

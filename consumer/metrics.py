@@ -60,7 +60,7 @@ conversations_truncated = Counter(
 )
 api_requests = Counter(
     f"{PREFIX}_api_requests",
-    "Requests to POST /conversations, by HTTP status or timeout/connection_error.",
+    "Requests to the API (every endpoint), by HTTP status or timeout/connection_error.",
     ["status"],
     registry=REGISTRY,
 )
@@ -136,5 +136,17 @@ durable_writes_failed = Counter(
 offset_commits_failed = Counter(
     f"{PREFIX}_offset_commits_failed",
     "Offset commits the group coordinator refused (skipped; the next checkpoint retries).",
+    registry=REGISTRY,
+)
+notices = Counter(
+    f"{PREFIX}_notices",
+    "Feedback (POST /feedback) and interaction (POST /events) requests settled, by kind and "
+    "HTTP status; status `refused` when the event could not become a request.",
+    ["kind", "status"],
+    registry=REGISTRY,
+)
+notices_waiting = Gauge(
+    f"{PREFIX}_notices_waiting",
+    "Conversations with a feedback or interaction waiting for its message to be logged, or out.",
     registry=REGISTRY,
 )

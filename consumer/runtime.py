@@ -24,7 +24,16 @@ from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodec
 from consumer import deadletter, metrics
 from consumer.checkpoint import STOPPING, Checkpoints, PartitionState
 from consumer.deadletter import DeadLetter
-from consumer.engine import EngineConfig, Flush, PartitionEngine, Refusal, Trigger
+from consumer.engine import (
+    Decision,
+    EngineConfig,
+    Flush,
+    Notice,
+    NoticeRefusal,
+    PartitionEngine,
+    Refusal,
+    Trigger,
+)
 from consumer.errors import ConfigError, InvalidEvent
 from consumer.events import Event, decode_event
 from consumer.health import Health, HealthServer
@@ -50,6 +59,13 @@ REFUSALS = {
         "(CONVERSATION_STATE_RETENTION_SECONDS); an upsert would replace the logged history"
     ),
     "too_large": "not sent: cannot be cut to fit the API's body limit",
+}
+
+NOTICE_REFUSALS = {
+    "unknown_conversation": "no conversation {d.conversation_id} is known in this partition",
+    "unknown_completion": "no reply in conversation {d.conversation_id} has this completion_id",
+    "history_expired": "the conversation's history left the state topic; its ids are unknown",
+    "message_not_logged": "the conversation body holding the message was not logged",
 }
 
 
@@ -115,7 +131,7 @@ class _Partition:
         self.tp = tp
         self.engine = engine
         self.position: int | None = None
-        self.tasks: dict[asyncio.Task[Delivery], Flush] = {}
+        self.tasks: dict[asyncio.Task[Delivery], Flush | Notice] = {}
         self.catch_up: int | None = None
         """End offset at assignment: restored flushes wait until the replay reaches it."""
         self.duplicates = 0
@@ -413,8 +429,11 @@ class Worker:
             reason=kind,
         )
 
-    def _dispatch(self, part: _Partition, decisions: Iterable[Flush | Refusal]) -> None:
+    def _dispatch(self, part: _Partition, decisions: Iterable[Decision]) -> None:
         for decision in decisions:
+            if isinstance(decision, Notice | NoticeRefusal):
+                self._dispatch_notice(part, decision)
+                continue
             if isinstance(decision, Refusal):
                 metrics.flushes_refused.inc()
                 log.error(
@@ -442,6 +461,89 @@ class Worker:
             task = asyncio.create_task(self._sink.deliver(decision.conversation, decision.body))
             part.tasks[task] = decision
 
+    def _dispatch_notice(self, part: _Partition, decision: Notice | NoticeRefusal) -> None:
+        if isinstance(decision, Notice):
+            assert self._sink is not None
+            task = asyncio.create_task(self._sink.deliver(None, decision.body, path=decision.path))
+            part.tasks[task] = decision
+            return
+        metrics.notices.labels(str(decision.kind), "refused").inc()
+        log.warning(
+            "notice_refused",
+            kind=str(decision.kind),
+            reason=str(decision.reason),
+            conversation_id=decision.conversation_id,
+            offset=decision.offset,
+            partition=part.tp.partition,
+        )
+        reason = NOTICE_REFUSALS[decision.reason].format(d=decision)
+        self._dead_letter(
+            deadletter.invalid_record(
+                key=decision.conversation_id.encode(),
+                value=decision.body,
+                kind=str(decision.reason),
+                reason=reason,
+                topic=part.tp.topic,
+                partition=part.tp.partition,
+                offset=decision.offset,
+            )
+            if decision.path is None
+            else deadletter.conversation(
+                conversation_id=decision.conversation_id,
+                body=decision.body,
+                kind=str(decision.reason),
+                reason=reason,
+                topic=part.tp.topic,
+                partition=part.tp.partition,
+                path=decision.path,
+            ),
+            what=str(decision.kind),
+            reason=str(decision.reason),
+        )
+
+    def _notice_delivered(
+        self, part: _Partition, notice: Notice, delivery: Delivery, now: float
+    ) -> None:
+        """Feeds a feedback or event request's end back; a refusal goes to the dead-letter topic."""
+        self._activity = True
+        context = {
+            "kind": str(notice.kind),
+            "conversation_id": notice.conversation_id,
+            "partition": part.tp.partition,
+            "offset": notice.offset,
+            "status": delivery.status,
+            "attempts": delivery.attempts,
+        }
+        metrics.notices.labels(str(notice.kind), str(delivery.status)).inc()
+        engine = part.engine
+        if delivery.outcome is Outcome.ACKED:
+            log.info("notice_sent", **context)
+            self._dispatch(
+                part, engine.notice_acknowledged(notice.conversation_id, notice.offset, now)
+            )
+            return
+        log.error(
+            "notice_rejected", answer=delivery.answer[:500].decode(errors="replace"), **context
+        )
+        self._dead_letter(
+            deadletter.conversation(
+                conversation_id=notice.conversation_id,
+                body=delivery.body,
+                kind="rejected",
+                reason=f"the API refused the {notice.kind} ({delivery.status})",
+                topic=part.tp.topic,
+                partition=part.tp.partition,
+                status=delivery.status,
+                answer=delivery.answer,
+                path=notice.path,
+            ),
+            what=str(notice.kind),
+            reason="rejected",
+        )
+        self._dispatch(
+            part, engine.notice_dead_lettered(notice.conversation_id, notice.offset, now)
+        )
+
     def _collect(self, now: float) -> None:
         """Feeds finished deliveries back into their engines."""
         for part in list(self._parts.values()):
@@ -452,7 +554,10 @@ class Worker:
                 exc = task.exception()
                 if exc is not None:
                     raise exc
-                self._delivered(part, flush, task.result(), now)
+                if isinstance(flush, Notice):
+                    self._notice_delivered(part, flush, task.result(), now)
+                else:
+                    self._delivered(part, flush, task.result(), now)
         if self._sink is not None:
             self.health.set_auth_failed(self._sink.auth_failed)
 
@@ -531,6 +636,7 @@ class Worker:
         for part, count in plan:
             self._dispatch(part, part.engine.shed(count, now))
         metrics.open_conversations.set(sum(p.engine.open_count for p in self._parts.values()))
+        metrics.notices_waiting.set(sum(p.engine.waiting_notices for p in self._parts.values()))
         for part in self._parts.values():
             metrics.events_duplicate.inc(part.engine.duplicates - part.duplicates)
             part.duplicates = part.engine.duplicates

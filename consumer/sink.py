@@ -187,7 +187,7 @@ class Sink:
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
-        self._url = f"{base_url.rstrip('/')}/conversations"
+        self._base = base_url.rstrip("/")
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -244,10 +244,21 @@ class Sink:
     ) -> None:
         await self.close()
 
-    async def deliver(self, conversation: payload.Conversation, body: bytes) -> Delivery:
-        """Sends the encoded `conversation` until the API takes it or refuses it for good."""
+    async def deliver(
+        self,
+        conversation: payload.Conversation | None,
+        body: bytes,
+        *,
+        path: str = "/conversations",
+    ) -> Delivery:
+        """Sends `body` to `path` until the API takes it or refuses it for good.
+
+        `conversation` is the body decoded, for cutting a body found too large;
+        None for bodies that cannot be cut (feedback and events).
+        """
         await self.start()
-        bound = log.bind(conversation_id=conversation.id)
+        url = f"{self._base}{path}"
+        bound = log.bind(conversation_id=conversation.id if conversation else None, path=path)
         shrunk = False
         if len(body) > self._max_body_bytes:
             refit = self._refit(conversation, self._max_body_bytes)
@@ -260,7 +271,7 @@ class Sink:
         conflicts = 0
         while True:
             attempts += 1
-            answer = await self._send(body)
+            answer = await self._send(url, body)
             error = self._judge(answer)
             if error is None:
                 bound.debug("delivered", attempts=attempts, bytes=len(body))
@@ -302,11 +313,13 @@ class Sink:
                 await self._auth_ok.wait()
 
     def _refit(
-        self, conversation: payload.Conversation, budget: int
+        self, conversation: payload.Conversation | None, budget: int
     ) -> tuple[payload.Conversation, bytes] | None:
+        if conversation is None:
+            return None
         try:
             smaller, body, _ = fit(conversation, budget)
-        except errors.Rejected:
+        except errors.CannotFit:
             return None
         return smaller, body
 
@@ -316,7 +329,7 @@ class Sink:
         ceiling = min(cap, self._base_retry_delay * 2 ** min(failures, _BACKOFF_EXPONENT_CAP))
         return self._random.uniform(0.0, ceiling)
 
-    async def _send(self, body: bytes) -> _Answer:
+    async def _send(self, url: str, body: bytes) -> _Answer:
         session = self._session
         if session is None:
             raise RuntimeError("the sink is closed")
@@ -326,7 +339,7 @@ class Sink:
             sent = time.monotonic()
             try:
                 async with session.post(
-                    self._url, data=body, timeout=self._timeout, allow_redirects=False
+                    url, data=body, timeout=self._timeout, allow_redirects=False
                 ) as response:
                     answer = await _read_at_most(response.content, ANSWER_KEEP_BYTES)
                     if 200 <= response.status < 300:

@@ -86,6 +86,21 @@ class Meta(msgspec.Struct, array_like=True, gc=False):
     visibility: str | None = None
 
 
+class Notice(msgspec.Struct, array_like=True, gc=False):
+    """A feedback or interaction request about this conversation, not yet settled.
+
+    It goes once the API has acknowledged `need` messages (so the message it names
+    exists there); `sent` while the request is out. Kept in the state so that it
+    survives restarts and rebalances while it waits.
+    """
+
+    offset: int
+    kind: str
+    body: bytes
+    need: int
+    sent: bool = False
+
+
 class ConversationState(msgspec.Struct, array_like=True, tag="c1", gc=False):
     """A conversation with its whole history and its flush and offset bookkeeping.
 
@@ -117,6 +132,8 @@ class ConversationState(msgspec.Struct, array_like=True, tag="c1", gc=False):
     unacked_from: int | None = None
     since_issue_from: int | None = None
     partial: bool = False
+    notices: list[Notice] = msgspec.field(default_factory=list)
+    """Feedback and interaction requests waiting or in flight, in input order."""
 
 
 class Marker(msgspec.Struct, array_like=True, tag="m1", gc=False):

@@ -84,12 +84,13 @@ async def _demo(args: argparse.Namespace, kafka: localkafka.KafkaCluster) -> int
     _say(f"worker started; health and metrics at http://127.0.0.1:{args.http_port}/metrics")
     _say(
         f"producing {args.conversations} conversations at {args.rate:g} events/s; "
-        "each line 'conversation_flushed' is one upsert the API acknowledged"
+        "each line 'conversation_flushed' is one upsert the API acknowledged, "
+        "each 'notice_sent' a rating or a copied answer logged on its message"
     )
     events = workload.generate(
         args.conversations,
         args.seed,
-        shape=workload.Shape(responses_share=0.2),
+        shape=workload.Shape(responses_share=0.2, feedback_share=0.2),
         start=datetime.now(UTC),
         clock=lambda: datetime.now(UTC),
     )

@@ -141,7 +141,7 @@ class RequestLog:
     path: str = "/conversations"
 
 
-class Refused(Exception):
+class InvalidBody(Exception):
     """A request the emulator does not take: the status and reason it answers with."""
 
     def __init__(
@@ -282,7 +282,7 @@ class ApiEvent(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
 
 
 def validate(body: bytes, *, lenient: bool = False) -> payload.Conversation:
-    """Checks a `POST /conversations` body as the API would; raises `Refused` (400/422).
+    """Checks a `POST /conversations` body as the API would; raises `InvalidBody` (400/422).
 
     Ids the SDK's schema lets a client leave out (the conversation's, a
     message's) are assigned here, as the API assigns them.
@@ -293,17 +293,17 @@ def validate(body: bytes, *, lenient: bool = False) -> payload.Conversation:
     conversation = _convert(raw, payload.Conversation, lenient=lenient)
     problem_found = _check_conversation(raw)
     if problem_found is not None:
-        raise Refused(422, problem_found)
+        raise InvalidBody(422, problem_found)
     return conversation
 
 
 def validate_feedback(body: bytes, *, lenient: bool = False) -> payload.LogFeedbackRequestBody:
-    """Checks a `POST /feedback` body as the API would; raises `Refused` (400/422)."""
+    """Checks a `POST /feedback` body as the API would; raises `InvalidBody` (400/422)."""
     raw = _decode_json(body)
     feedback = _convert(raw, payload.LogFeedbackRequestBody, lenient=lenient)
     found = _check_dates(raw, "$") or _check_user_properties(raw.get("userProperties"), "$")
     if found is not None:
-        raise Refused(422, found)
+        raise InvalidBody(422, found)
     return feedback
 
 
@@ -316,7 +316,7 @@ _EVENT_SUBJECTS = {
 
 
 def validate_event(body: bytes, *, lenient: bool = False) -> payload.InsertEvent:
-    """Checks a `POST /events` body as the API would; raises `Refused` (400/422)."""
+    """Checks a `POST /events` body as the API would; raises `InvalidBody` (400/422)."""
     raw = _decode_json(body)
     if lenient and isinstance(raw, dict) and raw.get("entityType") in _EVENT_SUBJECTS:
         keep = _EVENT_SUBJECTS[raw["entityType"]]
@@ -324,7 +324,7 @@ def validate_event(body: bytes, *, lenient: bool = False) -> payload.InsertEvent
     event = _convert(raw, payload.InsertEvent, lenient=lenient)
     found = _check_dates(raw, "$") or _check_user_properties(raw.get("userProperties"), "$")
     if found is not None:
-        raise Refused(422, found)
+        raise InvalidBody(422, found)
     return event
 
 
@@ -332,7 +332,7 @@ def _decode_json(body: bytes) -> Any:
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise Refused(400, f"Malformed JSON: {exc}") from None
+        raise InvalidBody(400, f"Malformed JSON: {exc}") from None
 
 
 def _convert(raw: Any, kind: type[_T], *, lenient: bool) -> _T:
@@ -342,7 +342,7 @@ def _convert(raw: Any, kind: type[_T], *, lenient: bool) -> _T:
     try:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
-        raise Refused(422, str(exc)) from None
+        raise InvalidBody(422, str(exc)) from None
 
 
 def _assign_ids(raw: dict[str, Any], *, lenient: bool) -> None:
@@ -608,7 +608,7 @@ class Emulator:
         try:
             admitted = self._admit(request, body, size, endpoint, faults)
             answer, conversation_id = self._take(admitted, body or b"", endpoint)
-        except Refused as refusal:
+        except InvalidBody as refusal:
             self.requests.append(
                 RequestLog(arrived, refusal.status, refusal.conversation_id, size, path=path)
             )
@@ -629,9 +629,9 @@ class Emulator:
         self._authenticate(request, faults)
         self._injected_failure(faults)
         if body is None:
-            raise Refused(413, f"The body is {size} bytes; the limit is {self.max_body_bytes}")
+            raise InvalidBody(413, f"The body is {size} bytes; the limit is {self.max_body_bytes}")
         if request.content_type != "application/json":
-            raise Refused(415, "Content-Type must be application/json")
+            raise InvalidBody(415, "Content-Type must be application/json")
         admitted: _Admitted
         if endpoint is Endpoint.CONVERSATIONS:
             admitted = validate(body, lenient=self.lenient)
@@ -647,7 +647,7 @@ class Emulator:
             conversation_id = self._event_conversation(admitted)
         rejected = sorted(about & faults.reject_ids)
         if rejected:
-            raise Refused(422, f"{rejected[0]} is refused on purpose", None, conversation_id)
+            raise InvalidBody(422, f"{rejected[0]} is refused on purpose", None, conversation_id)
         return admitted
 
     async def _read_capped(self, request: web.Request) -> tuple[bytes | None, int]:
@@ -667,10 +667,10 @@ class Emulator:
         challenge = {"WWW-Authenticate": "Bearer"}
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key:
-            raise Refused(401, "Missing bearer token in the Authorization header", challenge)
+            raise InvalidBody(401, "Missing bearer token in the Authorization header", challenge)
         valid = any(hmac.compare_digest(key.strip(), k) for k in self.api_keys)
         if not valid or self._auth_down(faults or self.faults):
-            raise Refused(401, "Invalid API key", challenge)
+            raise InvalidBody(401, "Invalid API key", challenge)
 
     def _auth_down(self, faults: Faults) -> bool:
         if faults.auth_failing:
@@ -696,7 +696,7 @@ class Emulator:
             headers["Retry-After"] = f"{faults.retry_after:g}"
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        raise Refused(status, f"Injected {status} for testing", headers)
+        raise InvalidBody(status, f"Injected {status} for testing", headers)
 
     def _take(
         self, admitted: _Admitted, body: bytes, endpoint: Endpoint
@@ -746,7 +746,7 @@ class Emulator:
     def _store_feedback(self, body: payload.LogFeedbackRequestBody) -> ApiFeedback:
         conversation_id = self._message_owner.get(body.message_id)
         if conversation_id is None:
-            raise Refused(422, f"Message {body.message_id} not found - at `$.messageId`")
+            raise InvalidBody(422, f"Message {body.message_id} not found - at `$.messageId`")
         message = next(m for m in self.stored[conversation_id].messages if m.id == body.message_id)
         feedback = ApiFeedback(
             id=body.id if isinstance(body.id, str) else _new_id(),
@@ -772,9 +772,9 @@ class Emulator:
         entity = body.entity_type
         conversation_id = self._event_conversation(body)
         if entity is payload.EventEntity.MESSAGE and conversation_id is None:
-            raise Refused(422, f"Message {body.subject} not found - at `$.messageId`")
+            raise InvalidBody(422, f"Message {body.subject} not found - at `$.messageId`")
         if entity is payload.EventEntity.CONVERSATION and body.subject not in self.stored:
-            raise Refused(422, f"Conversation {body.subject} not found - at `$.conversationId`")
+            raise InvalidBody(422, f"Conversation {body.subject} not found - at `$.conversationId`")
         event = ApiEvent(
             id=body.id if isinstance(body.id, str) else _new_id(),
             type=body.type,
@@ -831,7 +831,7 @@ class Emulator:
         arrived = time.monotonic()
         try:
             self._authenticate(request)
-        except Refused as refusal:
+        except InvalidBody as refusal:
             self._log_get(request, arrived, refusal.status, conversation_id)
             return problem(refusal.status, refusal.detail, refusal.headers)
         found = find()
@@ -846,7 +846,7 @@ class Emulator:
         conversation_id = request.match_info["id"]
         try:
             self._authenticate(request)
-        except Refused as refusal:
+        except InvalidBody as refusal:
             self._log_get(request, arrived, refusal.status, conversation_id)
             return problem(refusal.status, refusal.detail, refusal.headers)
         if conversation_id not in self.stored:
@@ -863,7 +863,7 @@ class Emulator:
             self._authenticate(request)
             limit = _query_int(request, "limit", 20, 1)
             offset = _query_int(request, "offset", 0, 0)
-        except Refused as refusal:
+        except InvalidBody as refusal:
             self._log_get(request, arrived, refusal.status, None)
             return problem(refusal.status, refusal.detail, refusal.headers)
         page = list(self.stored.values())[offset : offset + limit]
@@ -903,7 +903,7 @@ class Emulator:
             self._authenticate(request)
             limit = _query_int(request, "limit", 10, 1)
             offset = _query_int(request, "offset", 0, 0)
-        except Refused as refusal:
+        except InvalidBody as refusal:
             self._log_get(request, arrived, refusal.status, None)
             return problem(refusal.status, refusal.detail, refusal.headers)
         rated: dict[payload.FeedbackType, list[str]] = {kind: [] for kind in payload.FeedbackType}
@@ -998,9 +998,9 @@ def _query_int(request: web.Request, name: str, default: int, minimum: int) -> i
     try:
         value = int(text)
     except ValueError:
-        raise Refused(400, f"Query parameter {name} must be an integer") from None
+        raise InvalidBody(400, f"Query parameter {name} must be an integer") from None
     if value < minimum:
-        raise Refused(400, f"Query parameter {name} must be at least {minimum}")
+        raise InvalidBody(400, f"Query parameter {name} must be at least {minimum}")
     return value
 
 

@@ -70,6 +70,13 @@ class Shape:
     context_chars: int = 500
     """Full history after the system prompt is trimmed, whole turns from the front, to this."""
     think_seconds: tuple[float, float] = (4.0, 40.0)
+    feedback_share: float = 0.0
+    """Share of replies the user rates (contract v1.1 `feedback`); a third of those are
+    copied too (`interaction` `message:copied`).
+
+    Drawn from a generator of the conversation's own, so a share of 0 leaves the
+    stream byte for byte as before.
+    """
     responses_share: float = 0.0
     """Share of conversations made through the Responses API (`response` events).
 
@@ -147,6 +154,9 @@ _TOOLS = ("search_docs", "get_account", "list_deployments", "create_ticket")
 _APPS = ("docs-widget", "support-bot", "slack-app", "cli-assistant")
 _LOCALES = ("en", "en", "en", "de", "fr", "ja")
 _RESOLUTIONS = ("resolved", "resolved", "abandoned", "escalated")
+
+
+_REASONS = ("inaccurate", "outdated", "unhelpful", "too_long")
 
 
 def _user_text(rng: random.Random, *, follow_up: bool = True) -> str:
@@ -246,6 +256,11 @@ class _Conversation:
         share = shape.responses_share
         self.responses = share > 0 and random.Random(self.id).random() < share  # noqa: S311
         self.previous_response: str | None = None
+        self.reactions = (
+            random.Random(f"{self.id}/feedback")  # noqa: S311
+            if shape.feedback_share > 0
+            else None
+        )
 
     def _meta(self) -> dict[str, Any]:
         rng = self.rng
@@ -278,11 +293,34 @@ class _Conversation:
             if not self.delta and rng.random() < shape.failed_share:
                 yield delay, self._completion(None, None, meta=turn == 0, keep=True)
                 delay = rng.uniform(0.5, 3.0)
-            yield delay, self._completion(answer, "stop", meta=turn == 0)
+            done = self._completion(answer, "stop", meta=turn == 0)
+            yield delay, done
             self.history.append(answer)
             delay = rng.uniform(*shape.think_seconds)
+            yield from self._react(done)
         if rng.random() < shape.ended_share:
             yield delay, self._ended()
+
+    def _react(self, completion: Event) -> Iterator[tuple[float, Event]]:
+        """What the user does with a reply: sometimes a rating, sometimes a copy too."""
+        rng = self.reactions
+        reply = completion.get("response")
+        if rng is None or reply is None or rng.random() >= self.shape.feedback_share:
+            return
+        about = {
+            "conversation_id": self.id,
+            "occurred_at": None,
+            "completion_id": reply["id"],
+            "user_properties": {"id": self.meta["user_properties"]["id"]},
+        }
+        if rng.random() < 1 / 3:
+            copied = {"event_type": "interaction", "event_id": f"evt_{_hex(rng)}", **about}
+            yield rng.uniform(0.5, 3.0), {**copied, "name": "message:copied"}
+        rating: Event = {"event_type": "feedback", "event_id": f"evt_{_hex(rng)}", **about}
+        rating["rating"] = "positive" if rng.random() < 0.75 else "negative"
+        if rating["rating"] == "negative":
+            rating["reasons"] = [{"label": rng.choice(_REASONS), "details": ""}]
+        yield rng.uniform(0.5, 3.0), rating
 
     def _user_message(self, *, follow_up: bool) -> dict[str, Any]:
         text = _user_text(self.rng, follow_up=follow_up)
@@ -584,6 +622,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--ended-share", type=float, default=Shape().ended_share, help="share ending explicitly")
     add("--active", type=int, default=None, help="conversations in progress at once")
     add(
+        "--feedback-share",
+        type=float,
+        default=0.2,
+        help="share of replies rated by their user (a third of those also copied)",
+    )
+    add(
         "--responses-share",
         type=float,
         default=0.2,
@@ -594,16 +638,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    shares = (args.ended_share, args.responses_share)
+    shares = (args.ended_share, args.responses_share, args.feedback_share)
     if args.conversations < 1 or args.rate < 0 or not all(0.0 <= s <= 1.0 for s in shares):
         _say(
             "error: --conversations must be >= 1, --rate >= 0, "
-            "--ended-share and --responses-share in [0, 1]"
+            "--ended-share, --responses-share and --feedback-share in [0, 1]"
         )
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     active = args.active or (max(1, int(args.rate * 5)) if args.rate else Shape().active)
-    shape = Shape(ended_share=args.ended_share, active=active, responses_share=args.responses_share)
+    shape = Shape(
+        ended_share=args.ended_share,
+        active=active,
+        responses_share=args.responses_share,
+        feedback_share=args.feedback_share,
+    )
     live = args.rate > 0
     events = generate(
         args.conversations,

@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// The project's own conformance check for POST /conversations request bodies.
+// The project's own conformance check for the request bodies the worker sends:
+// POST /conversations (the default), or with `--kind feedback` POST /feedback,
+// or with `--kind events` POST /events.
 //
 // The analytics API validates bodies with the schemas that ship in the official
 // Inkeep Analytics TypeScript SDK, so this check asks the SDK rather than a copy
@@ -10,8 +12,12 @@
 //     the SDK drops is one the API does not know, a changed value is one the
 //     API would store differently (timestamps compare by instant);
 //   - it holds at least one message, and no two messages share an `id`.
+// Feedback and event bodies pass when they are at most 2,000,000 bytes, their
+// SDK schema (LogFeedbackRequestBody, InsertEvent) accepts them, and they
+// survive the same round trip.
 //
-// Usage: node check.mjs [FILE...]   (NDJSON, one body per line; stdin without FILE)
+// Usage: node check.mjs [--kind conversations|feedback|events] [FILE...]
+//        (NDJSON, one body per line; stdin without FILE)
 // Prints one line per failing body, then "N passed, N failed".
 // Exits 0 when every body passed (and there was at least one), 1 otherwise,
 // 2 when the input cannot be read. Install once with `npm ci` in this folder.
@@ -20,7 +26,19 @@ import {
   CreateConversation$inboundSchema,
   CreateConversation$outboundSchema,
   CreateOpenAIConversation$inboundSchema,
+  InsertEvent$inboundSchema,
+  InsertEvent$outboundSchema,
 } from "@inkeep/inkeep-analytics/models/components";
+import {
+  LogFeedbackRequestBody$inboundSchema,
+  LogFeedbackRequestBody$outboundSchema,
+} from "@inkeep/inkeep-analytics/models/operations";
+
+const OTHER_KINDS = {
+  feedback: [LogFeedbackRequestBody$inboundSchema, LogFeedbackRequestBody$outboundSchema],
+  events: [InsertEvent$inboundSchema, InsertEvent$outboundSchema],
+};
+let kind = "conversations";
 
 const BODY_LIMIT = 2_000_000;
 const TIMESTAMP_KEYS = new Set(["createdAt", "updatedAt"]);
@@ -91,6 +109,20 @@ function duplicateMessageIds(messages) {
   return [...repeated];
 }
 
+// The reasons a feedback or event body fails; empty when it passes.
+function otherProblemsOf(body) {
+  const [inbound, outbound] = OTHER_KINDS[kind];
+  const parsed = inbound.safeParse(body);
+  if (!parsed.success) return parsed.error.issues.map((issue) => `$.${issue.path.join(".")}: ${issue.message}`);
+  let back;
+  try {
+    back = asWire(outbound.parse(readyToSerialize(parsed.data)));
+  } catch (e) {
+    return [`the SDK cannot serialize it back: ${String(e.message).slice(0, 300)}`];
+  }
+  return drift(body, back, "$", []);
+}
+
 // The reasons `line` fails; empty when it passes.
 function problemsOf(line) {
   const size = Buffer.byteLength(line, "utf8");
@@ -102,6 +134,7 @@ function problemsOf(line) {
     return [`not JSON (${e.message})`];
   }
   if (!isObject(body)) return ["not a JSON object"];
+  if (kind !== "conversations") return otherProblemsOf(body);
   if (body.type !== "openai") return [`$.type: expected "openai", got ${JSON.stringify(body.type)}`];
 
   const parsed = CreateConversation$inboundSchema.safeParse(body);
@@ -132,9 +165,19 @@ function readInput(files) {
 }
 
 function main() {
+  let files = process.argv.slice(2);
+  const at = files.indexOf("--kind");
+  if (at >= 0) {
+    kind = files[at + 1];
+    files = files.filter((_, i) => i !== at && i !== at + 1);
+    if (kind !== "conversations" && !(kind in OTHER_KINDS)) {
+      console.error(`--kind must be one of conversations, ${Object.keys(OTHER_KINDS).join(", ")}`);
+      process.exit(2);
+    }
+  }
   let text;
   try {
-    text = readInput(process.argv.slice(2));
+    text = readInput(files);
   } catch (e) {
     console.error(`cannot read input: ${e.message}`);
     process.exit(2);

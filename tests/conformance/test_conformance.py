@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from emulator_fixtures import recorded_path
+
+from consumer.testing.emulator import Endpoint
 
 pytestmark = pytest.mark.conformance
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 EXAMPLES = ROOT / "docs" / "examples"
+FEEDBACK_EXAMPLE = EXAMPLES / "feedback.ndjson"
 EXAMPLE_FILES = sorted(p for p in EXAMPLES.glob("*.ndjson") if p.name != "invalid.ndjson")
 
 # Messages each example conversation logs: every message once, tool results folded
@@ -36,9 +40,10 @@ EXPECTED_MESSAGES = {
     "conv_billing_93e1f4": 11,
     "conv_sdk_chat_4a1e": 8,
     "conv_sdk_responses_8b2d": 8,
+    "conv_feedback_2e7d": 5,
 }
 
-Check = Callable[[bytes], subprocess.CompletedProcess[bytes]]
+Check = Callable[..., subprocess.CompletedProcess[bytes]]
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +61,9 @@ def check() -> Check:
         )
         assert installed.returncode == 0, installed.stderr.decode(errors="replace")
 
-    def run(bodies: bytes) -> subprocess.CompletedProcess[bytes]:
+    def run(bodies: bytes, kind: str = "conversations") -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [node, "check.mjs"],
+            [node, "check.mjs", "--kind", kind],
             cwd=HERE,
             input=bodies,
             capture_output=True,
@@ -92,15 +97,22 @@ def rendered() -> dict[str, list[bytes]]:
 
 @pytest.fixture(scope="session", autouse=True)
 def emulator_bodies_are_checked_at_the_end(check: Check, accepted_bodies_path: Path):
-    """After every test of the run, the bodies the emulator accepted must pass the check too."""
+    """After every test of the run, the bodies the emulator accepted must pass the check too:
+    conversations, feedback and events, each against its own SDK schema."""
     yield
-    if not accepted_bodies_path.is_file() or accepted_bodies_path.stat().st_size == 0:
-        return
-    result = check(accepted_bodies_path.read_bytes())
-    assert result.returncode == 0, (
-        f"bodies the emulator accepted fail the SDK check ({accepted_bodies_path}):\n"
-        + result.stdout.decode()
-    )
+    files = {
+        "conversations": accepted_bodies_path,
+        "feedback": recorded_path(accepted_bodies_path, Endpoint.FEEDBACK),
+        "events": recorded_path(accepted_bodies_path, Endpoint.EVENTS),
+    }
+    for kind, path in files.items():
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        result = check(path.read_bytes(), kind)
+        assert result.returncode == 0, (
+            f"{kind} bodies the emulator accepted fail the SDK check ({path}):\n"
+            + result.stdout.decode()
+        )
 
 
 @pytest.mark.parametrize("name", [p.name for p in EXAMPLE_FILES])
@@ -219,3 +231,30 @@ def test_the_check_fails_on_empty_input(check: Check):
     result = check(b"\n")
     assert result.returncode == 1
     assert summary(result) == "0 passed, 0 failed"
+
+
+@pytest.mark.parametrize("kind", ["feedback", "events"])
+def test_feedback_and_event_bodies_pass_their_own_schema(check: Check, kind: str):
+    """The feedback example renders to bodies the SDK accepts; broken ones are refused."""
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer", "render", "--kind", kind, str(FEEDBACK_EXAMPLE)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    bodies = result.stdout.splitlines()
+    assert len(bodies) >= 2
+    good = check(result.stdout, kind)
+    assert good.returncode == 0, good.stdout.decode()
+    assert summary(good) == f"{len(bodies)} passed, 0 failed"
+    first = json.loads(bodies[0])
+    broken = [
+        {**first, "type": 7},
+        {**first, "unknownToTheApi": True},
+        {k: v for k, v in first.items() if k != "type"},
+    ]
+    bad = check(("\n".join(json.dumps(b) for b in broken) + "\n").encode(), kind)
+    assert bad.returncode == 1
+    assert summary(bad) == f"0 passed, {len(broken)} failed"

@@ -40,7 +40,7 @@ from harness import (
 from kafka_fixtures import make_topic
 
 from consumer import payload
-from consumer.testing.emulator import Emulator
+from consumer.testing.emulator import Emulator, Endpoint, Faults
 
 pytestmark = pytest.mark.integration
 
@@ -330,3 +330,62 @@ async def test_a_refused_continuation_replaces_its_shorter_logged_start(
     assert actions(run) == Counter({"send": 1})
     assert_matches(emulator.conversations, expected_bodies(start + rest, tmp_path))
     history_only_grows(emulator)
+
+
+async def test_a_refused_rating_is_replayed_to_its_own_endpoint_once(
+    kafka, workers, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A rating the API refused during an incident goes back to `POST /feedback`, not
+    `/conversations`, with the same id: once, on the message it named."""
+    bootstrap = kafka.bootstrap_servers
+    topic = await make_topic(bootstrap, 1)
+    events = conversation("fb1", 2)
+    events.append(
+        {
+            "event_id": "fb1-rating",
+            "event_type": "feedback",
+            "conversation_id": "fb1",
+            "occurred_at": events[-1]["occurred_at"],
+            "completion_id": "chatcmpl-fb1-1",
+            "rating": "negative",
+            "reasons": [{"label": "wrong", "details": "stale answer"}],
+            "user_properties": {"id": "user-fb1"},
+        }
+    )
+    emulator.endpoint_faults[Endpoint.FEEDBACK] = Faults(
+        status_sequence=[422] * 50, endpoints=frozenset({Endpoint.FEEDBACK})
+    )
+    worker = workers(bootstrap, topic, emulator, group=fresh("g")).start()
+    await produce(bootstrap, topic, events)
+
+    async def rating_dead_lettered() -> bool:
+        if f"{topic}.dlq" not in await topic_names(bootstrap):
+            return False
+        records = await read_all(bootstrap, f"{topic}.dlq")
+        paths = [dict(r.headers).get("api.path") for r in records]
+        return b"/feedback" in paths and await committed_to_the_end(
+            bootstrap, worker.group, topic, len(events)
+        )
+
+    await wait_for(rating_dead_lettered, 60, "the rating dead-lettered")
+    await worker.terminate()
+    assert not emulator.feedback
+    del emulator.endpoint_faults[Endpoint.FEEDBACK]
+    env = dlq_env(bootstrap, topic, emulator)
+
+    dry = await dlq(env, tmp_path, "replay", "--reason", "rejected")
+    assert [(r["action"], r["detail"]) for r in dry.report() if "action" in r] == [
+        ("send", "/feedback")
+    ]
+    assert not emulator.feedback
+    posts = len(emulator.posts_to(Endpoint.CONVERSATIONS))
+    first = await dlq(env, tmp_path, "replay", "--execute", "--reason", "rejected")
+    assert actions(first) == Counter({"send": 1})
+    (stored,) = emulator.feedback.values()
+    assert stored.type == "negative"
+    logged = emulator.conversations["fb1"].messages
+    assert stored.message_id == logged[-1].id  # the reply of the second turn
+    again = await dlq(env, tmp_path, "replay", "--execute")
+    assert set(actions(again)) == {"already_replayed"}
+    assert len(emulator.feedback) == 1
+    assert len(emulator.posts_to(Endpoint.CONVERSATIONS)) == posts

@@ -108,7 +108,13 @@ def test_schema_prints_the_event_json_schema(capsys):
     assert cli.main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     refs = {item["$ref"] for item in schema["anyOf"]}
-    assert refs == {"#/$defs/ChatCompletion", "#/$defs/ConversationEnded", "#/$defs/ResponseEvent"}
+    assert refs == {
+        "#/$defs/ChatCompletion",
+        "#/$defs/ConversationEnded",
+        "#/$defs/ResponseEvent",
+        "#/$defs/Feedback",
+        "#/$defs/Interaction",
+    }
     assert "event_id" in schema["$defs"]["ChatCompletion"]["required"]
 
 

@@ -27,7 +27,7 @@ from consumer.testing.emulator import (
     Emulator,
     Endpoint,
     Faults,
-    Refused,
+    InvalidBody,
     from_args,
     parser,
     recording_path,
@@ -304,7 +304,7 @@ async def test_lenient_mode_ignores_unknown_fields_at_every_depth(tmp_path):
     document["messages"][0]["extra"] = "x"
     document["messages"][0]["content"] = [{"type": "text", "text": "hi", "mood": "calm"}]
     body = encode(document)
-    with pytest.raises(Refused, match="unknown field") as strict_refusal:
+    with pytest.raises(InvalidBody, match="unknown field") as strict_refusal:
         validate(body)
     assert strict_refusal.value.status == 422
     async with Emulator(api_keys=[API_KEY], lenient=True) as emu:
@@ -907,10 +907,10 @@ VALIDATORS = (validate, validate_feedback, validate_event)
 def taken_or_refused(body: bytes) -> None:
     """Each validator takes the body or refuses it with 400/422 and a reason; nothing else."""
     for check in VALIDATORS:
-        refusal: Refused | None = None
+        refusal: InvalidBody | None = None
         try:
             check(body)
-        except Refused as exc:
+        except InvalidBody as exc:
             refusal = exc
         if refusal is not None:
             assert refusal.status in {400, 422}

@@ -146,7 +146,12 @@ def test_every_example_line_decodes_with_its_values(line: bytes):
     event = events.decode_event(line)
     sent = json.loads(line)
     assert isinstance(
-        event, events.ChatCompletion | events.ConversationEnded | events.ResponseEvent
+        event,
+        events.ChatCompletion
+        | events.ConversationEnded
+        | events.ResponseEvent
+        | events.Feedback
+        | events.Interaction,
     )
     assert event.event_id == sent["event_id"]
     assert_kept(sent, msgspec.to_builtins(event))
@@ -154,7 +159,13 @@ def test_every_example_line_decodes_with_its_values(line: bytes):
 
 def test_the_examples_hold_both_event_types_in_several_files():
     kinds = {type(event) for _, event in decoded_examples()}
-    assert kinds == {events.ChatCompletion, events.ConversationEnded, events.ResponseEvent}
+    assert kinds == {
+        events.ChatCompletion,
+        events.ConversationEnded,
+        events.ResponseEvent,
+        events.Feedback,
+        events.Interaction,
+    }
     assert len(example_files()) >= 4
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from consumer import payload
-from consumer.errors import Rejected
+from consumer.errors import CannotFit
 from consumer.fit import MARK, fit
 
 CUT = re.compile(r"…\[truncated: kept (\d+) of (\d+) characters\]\Z")
@@ -156,5 +156,5 @@ def test_a_conversation_of_the_default_limit_fits_two_megabytes():
 
 def test_too_many_messages_to_fit_is_rejected():
     value = conversation(*(message(i, "short") for i in range(2000)))
-    with pytest.raises(Rejected, match="cannot be cut"):
+    with pytest.raises(CannotFit, match="cannot be cut"):
         fit(value, 10_000)

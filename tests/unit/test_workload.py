@@ -10,6 +10,7 @@ from itertools import pairwise
 
 import pytest
 
+from consumer.engine import EngineConfig, Notice, NoticeRefusal, PartitionEngine, Trigger
 from consumer.events import ChatCompletion, ConversationEnded, decode_event
 from consumer.testing import workload
 from consumer.testing.workload import Shape, generate, is_ended
@@ -191,3 +192,33 @@ def _finish_reason(event):
 
 def _at(event):
     return datetime.fromisoformat(event["occurred_at"])
+
+
+def test_users_rate_and_copy_replies_that_the_engine_resolves():
+    """With a feedback share, ratings and copies follow the replies they name, and the
+    worker's own engine resolves every one of them (no refusals)."""
+    shape = Shape(feedback_share=0.5, responses_share=0.3)
+    stream = list(generate(60, seed=11, shape=shape))
+    engine = PartitionEngine(EngineConfig())
+    kinds: Counter[str] = Counter()
+    notices: list[Notice] = []
+
+    def answer(pending: list) -> None:
+        while pending:
+            decision = pending.pop()
+            assert not isinstance(decision, NoticeRefusal), decision.reason
+            if isinstance(decision, Notice):
+                notices.append(decision)
+                cid, offset = decision.conversation_id, decision.offset
+                pending += engine.notice_acknowledged(cid, offset, 0.0)
+            else:
+                pending += engine.acknowledged(decision.conversation_id, decision.seq, 0.0)
+
+    for offset, (_, value) in enumerate(stream):
+        event = decode_event(value)
+        kinds[type(event).__name__] += 1
+        answer(engine.apply(event, offset, 0.0))
+    assert kinds["Feedback"] > 20
+    assert 0 < kinds["Interaction"] < kinds["Feedback"]
+    answer(engine.flush_open(Trigger.SHUTDOWN, 0.0))
+    assert len(notices) == kinds["Feedback"] + kinds["Interaction"]
