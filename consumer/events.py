@@ -449,37 +449,51 @@ def _free_values(event: Event) -> list[Any]:
 
 
 def _completion_free(event: ChatCompletion) -> list[Any]:
+    """The free-form values present (not None), in the order the walk has always taken them.
+
+    A full history re-sends every message, so this loop runs over hundreds of them.
+    """
     free: list[Any] = []
+    add = free.append
     response = event.response
-    messages = event.request.messages
+    replies: list[Message] = []
     if response is not None:
         free += [response.usage, response.prompt_filter_results]
         free += [choice.content_filter_results for choice in response.choices]
-        messages = messages + [choice.message for choice in response.choices if choice.message]
-    for message in messages:
-        free += (message.annotations, message.reasoning, message.content_filter_results)
-        parts = message.content
-        if isinstance(parts, list):
-            for part in parts:
-                free += (part.input_audio, part.file)
-        for call in message.tool_calls or ():
-            free.append(call.custom)
+        replies = [choice.message for choice in response.choices if choice.message]
+    for messages in (event.request.messages, replies):
+        for message in messages:
+            if message.annotations is not None:
+                add(message.annotations)
+            if message.reasoning is not None:
+                add(message.reasoning)
+            if message.content_filter_results is not None:
+                add(message.content_filter_results)
+            parts = message.content
+            if parts.__class__ is list:
+                for part in parts:
+                    free += (part.input_audio, part.file)
+            calls = message.tool_calls
+            if calls:
+                free += [call.custom for call in calls]
     return free
 
 
 def _check_free(values: list[Any]) -> None:
     """Walks free-form values (an explicit stack, no recursion) for depth and 64-bit integers."""
     stack = [(value, 1) for value in values if value is not None]
+    containers = (dict, list)
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict | list):
+        if isinstance(value, containers):
             if depth > MAX_FREE_DEPTH:
                 raise InvalidEvent(
                     "too_deep", f"a free-form field nests over {MAX_FREE_DEPTH} deep"
                 )
-            items = value.values() if isinstance(value, dict) else value
-            stack += [(item, depth + 1) for item in items]
-        elif isinstance(value, int) and not -MAX_INT <= value < MAX_INT:
+            items = value.values() if value.__class__ is dict else value
+            depth += 1
+            stack += [(item, depth) for item in items]
+        elif value.__class__ is int and not -MAX_INT <= value < MAX_INT:
             raise InvalidEvent("out_of_range", f"an integer of {value.bit_length()} bits, over 64")
 
 
