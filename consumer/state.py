@@ -266,6 +266,7 @@ def plan_completion(
     reply = response.choices[0] if response is not None and response.choices else None
     answer = reply.message if reply is not None else None
     pointer: int | None = None
+    request: _Request | None = None
     if event.history == "delta":
         planned = [(_entry(message, occurred), fingerprint(message)) for message in messages]
     else:
@@ -276,7 +277,7 @@ def plan_completion(
         return planned
     if pointer is not None and _same(answer, state.entries[pointer]):
         return planned
-    mark = fingerprint(answer)
+    mark = fingerprint(answer) if request is None else request.reply_mark(answer)
     if pointer is not None and state.fingerprints[pointer] == mark:
         return planned
     created = (
@@ -323,7 +324,7 @@ class _Request:
     their shape: indexes of the known fingerprints are built once, when first needed.
     """
 
-    __slots__ = ("_positions", "_set", "entries", "known", "marks", "messages")
+    __slots__ = ("_positions", "_reply_mark", "_set", "entries", "known", "marks", "messages")
 
     def __init__(
         self, messages: list[events.Message], entries: list[Entry], known: list[int]
@@ -334,13 +335,14 @@ class _Request:
         self.marks: list[int | None] = [None] * len(messages)
         self._set: set[int] | None = None
         self._positions: dict[int, list[int]] | None = None
+        self._reply_mark: int | None = None
 
     def plan(self, reply: events.Message | None) -> tuple[list[int], int | None]:
         """Indexes of the messages to append, and where the walk stopped if inside the history."""
         tail = self.aligned_tail()
         if tail is None:
             return self.walk()
-        if reply is not None and fingerprint(reply) in self.known_set():
+        if reply is not None and self.reply_mark(reply) in self.known_set():
             added, pointer = self.walk()
             if not added and pointer is not None and self._resent(reply, pointer):
                 return [], pointer
@@ -349,7 +351,13 @@ class _Request:
         return [*fresh, *range(stop, len(self.messages))], None
 
     def _resent(self, reply: events.Message, pointer: int) -> bool:
-        return _same(reply, self.entries[pointer]) or self.known[pointer] == fingerprint(reply)
+        return _same(reply, self.entries[pointer]) or self.known[pointer] == self.reply_mark(reply)
+
+    def reply_mark(self, reply: events.Message) -> int:
+        """The reply's fingerprint, computed once whichever step needs it first."""
+        if self._reply_mark is None:
+            self._reply_mark = fingerprint(reply)
+        return self._reply_mark
 
     def walk(self) -> tuple[list[int], int | None]:
         """The general alignment: each message is found at or after the pointer, or is new."""
@@ -451,9 +459,31 @@ class _Request:
         return None
 
     def _start(self, stop: int, start: int) -> int:
-        """Extends a match of messages `start:stop` with the end of the known history backwards."""
+        """Extends a match of messages `start:stop` with the end of the known history backwards.
+
+        The whole known part of a growing history is walked here at every event, so
+        `_same` is inlined: the same test, without two calls per message.
+        """
         shift = len(self.known) - stop
-        while start > 0 and start + shift > 0 and self.matches(start - 1, start - 1 + shift):
+        lowest = max(0, -shift)
+        messages, entries = self.messages, self.entries
+        while start > lowest:
+            message = messages[start - 1]
+            entry = entries[start - 1 + shift]
+            content = message.content
+            properties = entry.properties
+            if not (
+                isinstance(content, str)
+                and content == entry.content
+                and message.role == entry.role
+                and message.tool_call_id == entry.tool_call_id
+                and message.name == entry.name
+                and not message.tool_calls
+                and entry.tool_calls is None
+                and message.function_call is None
+                and (properties is None or _NOT_PLAIN.isdisjoint(properties))
+            ) and not self.matches(start - 1, start - 1 + shift):
+                break
             start -= 1
         return start
 
@@ -480,6 +510,10 @@ class _Request:
         return k
 
 
+_NOT_PLAIN = frozenset(("refusal", "function_call", "audio"))
+"""Properties whose entry `_same` leaves to the fingerprint."""
+
+
 def _same(message: events.Message, entry: Entry) -> bool:
     """True only if `entry` was made from a message with the fingerprint of `message`.
 
@@ -499,14 +533,7 @@ def _same(message: events.Message, entry: Entry) -> bool:
         and not message.tool_calls
         and entry.tool_calls is None
         and message.function_call is None
-        and (
-            properties is None
-            or (
-                "refusal" not in properties
-                and "function_call" not in properties
-                and "audio" not in properties
-            )
-        )
+        and (properties is None or _NOT_PLAIN.isdisjoint(properties))
     )
 
 
