@@ -1041,9 +1041,11 @@ def _plan(
     return []
 
 
-@dataclass(frozen=True, slots=True)
-class _Undo:
-    """What `apply` needs to put a conversation back as it was, should applying fail."""
+class _Undo(msgspec.Struct, frozen=True, gc=False):
+    """What `apply` needs to put a conversation back as it was, should applying fail.
+
+    Made for every event: a Struct, which builds in a tenth of a frozen dataclass's time.
+    """
 
     conv: state.ConversationState
     fields: state.ConversationState
