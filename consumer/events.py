@@ -324,6 +324,9 @@ _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 """A string, or an unterminated one up to the end: every quote starts a match, so linear."""
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_DIGITS_AS_NINE = bytes.maketrans(b"012345678", b"999999999")
+_LONG_NUMBER = b"9" * len(str(MAX_INT))
+"""As many digits as 2**63 has: no shorter integer can leave 64 bits."""
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _OUT_OF_RANGE = re.compile(r"Expected `\w+` [<>]=? |out of range")
@@ -343,14 +346,20 @@ def decode_event(data: bytes | bytearray | memoryview) -> Event:
     before: so every record gets the same answer as with the exact scan alone.
     """
     raw = bytes(data)
-    exact = _screen_depth(raw)
+    brackets = raw.count(b"[") + raw.count(b"{")
+    exact = brackets <= MAX_DEPTH or _screen_depth(raw)
     try:
         event = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         if not exact:
             _check_depth(raw)
         raise _refused(exc) from None
-    _check_values(event)
+    if brackets <= MAX_FREE_DEPTH + 1 and _LONG_NUMBER not in raw.translate(_DIGITS_AS_NINE):
+        # Too few brackets for a free-form value to nest too deep (it sits inside the
+        # top object), and no integer long enough to leave 64 bits: the walk would pass.
+        _check_year(event)
+    else:
+        _check_values(event)
     return event
 
 
@@ -376,10 +385,9 @@ def _screen_depth(raw: bytes) -> bool:
     """Refuses what is surely too deep; True when the exact answer is already known.
 
     False says only that the record is not too deep if it is valid JSON. Without an
-    escaped quote the exact scan is as cheap, so it runs instead.
+    escaped quote the exact scan is as cheap, so it runs instead. For records with
+    more brackets than `MAX_DEPTH` (fewer cannot be too deep).
     """
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
-        return True
     if b'\\"' in raw and _valid_nesting(raw) <= MAX_DEPTH:
         return False
     _check_depth(raw)
@@ -422,12 +430,16 @@ def nesting(raw: bytes) -> int:
 
 def _check_values(event: Event) -> None:
     """The bounds msgspec cannot state: years, and what free-form fields may hold."""
+    _check_year(event)
+    _check_free(_free_values(event))
+
+
+def _check_year(event: Event) -> None:
     year = event.occurred_at.year
     if not MIN_YEAR <= year <= MAX_YEAR:
         raise InvalidEvent(
             "out_of_range", f"occurred_at year {year} is outside {MIN_YEAR}..{MAX_YEAR}"
         )
-    _check_free(_free_values(event))
 
 
 def _free_values(event: Event) -> list[Any]:

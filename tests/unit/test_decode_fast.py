@@ -1,4 +1,4 @@
-"""The cheaper depth screen in `decode_event` answers every record as the exact scan does."""
+"""The cheaper screens in `decode_event` answer every record as the exact checks do."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def outcome(decode: Any, raw: bytes) -> object:
         return (exc.kind, str(exc))
 
 
-def record(messages: list[Any], extra: Any) -> bytes:
+def record(messages: list[Any], extra: Any, free: Any) -> bytes:
     return json.dumps(
         {
             "event_type": "chat.completion",
@@ -68,9 +68,20 @@ def record(messages: list[Any], extra: Any) -> bytes:
             "occurred_at": "2026-01-05T09:40:43Z",
             "history": "full",
             "request": {"messages": messages},
+            "conversation": {"properties": {"free": free}},
             "ignored": extra,
         }
     ).encode()
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+EDGES = st.sampled_from([0, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 10**30])
+FREE = st.one_of(JSON_VALUES, EDGES, st.builds(nested, st.integers(0, 40), EDGES))
 
 
 MESSAGE = st.fixed_dictionaries(
@@ -81,18 +92,20 @@ DAMAGE = st.sampled_from(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(MESSAGE, min_size=0, max_size=300),
     JSON_VALUES,
+    FREE,
     st.lists(st.tuples(st.integers(0, 10**6), DAMAGE), max_size=3),
     st.booleans(),
 )
 def test_every_record_gets_the_answer_the_exact_scan_gives(
-    messages: list[Any], extra: Any, damage: list[tuple[int, bytes]], cut: bool
+    messages: list[Any], extra: Any, free: Any, damage: list[tuple[int, bytes]], cut: bool
 ):
-    """Valid, deep, and broken records (stray quotes and backslashes outside strings)."""
-    raw = bytearray(record(messages, extra))
+    """Valid, deep, and broken records (stray quotes and backslashes outside strings),
+    free-form values near their depth and integer bounds."""
+    raw = bytearray(record(messages, extra, free))
     for at, inserted in damage:
         where = at % (len(raw) + 1)
         raw[where:where] = inserted
