@@ -728,7 +728,7 @@ class PartitionEngine:
                 self._complete(conv, now)
             return self._pump(conv, now)
         conv.seq += 1
-        encoded = body_of[1].encode(whole)
+        encoded = body_of[1].encode(whole, keep=not conv.closing)
         self._keep_body(conv, body_of)
         reason = "history_expired" if conv.partial else "fewer_messages"
         if not conv.partial and count >= conv.acked_count:

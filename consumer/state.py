@@ -635,15 +635,18 @@ class Body:
             visibility=meta.visibility,  # type: ignore[arg-type]
         )
 
-    def encode(self, conversation: payload.Conversation) -> bytes:
+    def encode(self, conversation: payload.Conversation, *, keep: bool = True) -> bytes:
         """`payload.encode(conversation)`, byte for byte, for a `conversation()` of this body.
 
         The messages come from their cached encodings; the rest is encoded anew.
+        Without `keep` (a body used once), it is encoded whole, in one call.
         """
         messages = self._messages
         fragments = self._fragments
         if len(conversation.messages) != len(messages):
             raise ValueError("the conversation is not the latest one this body built")
+        if not keep:
+            return _message_encoder.encode(conversation)
         for index, fragment in enumerate(fragments):
             if not fragment:
                 fragments[index] = _message_encoder.encode(messages[index])

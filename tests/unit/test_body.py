@@ -172,6 +172,7 @@ def test_the_body_grown_flush_by_flush_is_the_body_built_at_once(steps: Any):
         expected = reference(conv)
         assert whole == expected
         assert encoded == payload.encode(expected)
+        assert body.encode(whole, keep=False) == encoded
         handed_out.append((whole, encoded))
     for whole, encoded in handed_out:
         assert payload.encode(whole) == encoded, "a body handed out earlier changed"
