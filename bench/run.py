@@ -13,7 +13,7 @@ its own and a consumer group of its own, each timed from its first record read
 it measures the sink alone, two workers in one group, the latency from a
 conversation's end to the sink's 200 at 80 % of the worker's steady rate,
 memory per open conversation, and long conversations with full histories, and
-prints behaviour.md's figures with their targets. docs/benchmark.md says what
+prints the performance targets' figures with their verdicts. docs/benchmark.md says what
 exactly each figure measures.
 """
 
@@ -841,7 +841,7 @@ TARGETS = (
 
 
 def targets(bench: Bench) -> list[dict[str, Any]]:
-    """behaviour.md's "Performance" figures from this run, each with its target and verdict."""
+    """The performance targets' figures from this run, each with its target and verdict."""
     r = bench.results
     worker, long, latency = r.get("worker", {}), r.get("long", {}), r.get("latency", {})
     share = latency.get("share_of_worker_rate")
@@ -873,7 +873,7 @@ def targets(bench: Bench) -> list[dict[str, Any]]:
 
 
 def print_targets(rows: list[dict[str, Any]]) -> None:
-    print(f"behaviour.md's figures (load average {os.getloadavg()[0]:.1f}):")
+    print(f"the performance targets (load average {os.getloadavg()[0]:.1f}):")
     for row in rows:
         value = row["value"]
         if value is None:

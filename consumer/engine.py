@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 import msgspec
 
 from consumer import changelog, events, feedback, payload, responses, state
-from consumer.errors import CannotFit, InvalidEvent, StateError
+from consumer.errors import CannotFit, InvalidEvent, StateError, StoreError
 from consumer.fit import fit
+from consumer.store import MemoryStore, Retained, Store
 
 
 class Trigger(enum.StrEnum):
@@ -57,6 +58,9 @@ _RANK = {
 MARKER_LIFETIME = 30
 """Markers outlive the full state this many retention periods, then are deleted."""
 
+MARKER_SHARE = 0.25
+"""Of a store's budget, what markers may take before the oldest of them are deleted."""
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -64,6 +68,9 @@ class EngineConfig:
     max_open: float = 3600.0
     state_retention: float = 86400.0
     max_body_bytes: int = payload.MAX_BODY_BYTES
+    whole_records: bool = False
+    """Write open conversations whole (`P`), never a segment: the layout release 0.1
+    reads, for a fleet that still runs it (`STATE_UPGRADE_FROM=0.1`). Both are read."""
 
 
 class Flush(msgspec.Struct, frozen=True):
@@ -144,19 +151,6 @@ class Checkpoint(msgspec.Struct, frozen=True):
     hold: int | None
 
 
-class _Done(msgspec.Struct, gc=False):
-    """A completed conversation kept compact: its compressed state record and what expiry needs.
-
-    The blob is also its consolidated state-topic record, made once at completion.
-    """
-
-    blob: bytes
-    completed_at: float
-    last_offset: int
-    acked_count: int
-    seq: int
-
-
 class _Log(msgspec.Struct, gc=False):
     """What the state topic's log of a conversation holds (see `consumer.changelog`).
 
@@ -187,24 +181,25 @@ class _Restoring:
 
     def __init__(self) -> None:
         self.noticed: dict[str, list[state.Notice]] = {}
-        """Notices of completed conversations, which are kept as blobs."""
-        self.heads: dict[str, changelog.LogRecord | state.Record | _Done | None] = {}
+        """Notices of completed conversations, which go to the store as blobs."""
+        self.heads: dict[str, changelog.LogRecord | state.Record | None] = {}
+        """Heads not in the store (open conversations, tombstones), last per key."""
         self.segments: dict[str, dict[int, changelog.Segment | None]] = {}
 
 
 class PartitionEngine:
     """The conversations of one input partition."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, store: Store | None = None) -> None:
         self._config = config
+        self._store: Store = MemoryStore() if store is None else store
+        """Completed conversations (their consolidated records) and markers."""
         self._open: dict[str, state.ConversationState] = {}
         self._active: OrderedDict[str, None] = OrderedDict()
         """Open and not closing, least recently active first: the idle and memory order."""
         self._deadlines: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
         """The live max-open heap entry of each conversation; other entries are stale."""
-        self._done: OrderedDict[str, _Done] = OrderedDict()
-        self._markers: OrderedDict[str, state.Marker] = OrderedDict()
         self._held: dict[str, None] = {}
         """Conversations with a flush in flight or pending."""
         self._changed: dict[str, None] = {}
@@ -221,6 +216,10 @@ class PartitionEngine:
         """Conversations with notices waiting or out: the input offset of the oldest."""
         self.duplicates = 0
         """Events ignored as already applied, for the runtime's counter."""
+        self.evicted_completed = 0
+        """Completed conversations made markers early to stay within the store's budget."""
+        self.evicted_markers = 0
+        """Markers deleted early to stay within the store's budget."""
 
     @property
     def open_count(self) -> int:
@@ -240,7 +239,12 @@ class PartitionEngine:
     @property
     def conversation_count(self) -> int:
         self._assemble()
-        return len(self._open) + len(self._done)
+        return len(self._open) + self._store.completed_count
+
+    @property
+    def store(self) -> Store:
+        """Where completed conversations and markers are kept (for gauges and budgets)."""
+        return self._store
 
     def restore(self, key: bytes, value: bytes | None, now: float) -> None:  # noqa: ARG002
         """Takes one state-topic record, in topic order; a later record replaces an earlier one.
@@ -260,18 +264,34 @@ class PartitionEngine:
         if index is None:
             if isinstance(record, changelog.Segment):
                 raise StateError(f"state record of conversation {cid!r}: a segment at its head key")
+            read = self._read
             if isinstance(record, state.ConversationState) and record.complete:
                 assert value is not None
-                self._read.noticed[cid] = record.notices
-                self._read.heads[cid] = _Done(
-                    value if value[:1] == b"Z" else state.encode_record(record, compress=True),
-                    record.completed_at or 0.0,
-                    record.last_offset,
-                    record.acked_count,
-                    record.seq,
+                read.heads.pop(cid, None)
+                if record.notices:
+                    read.noticed[cid] = record.notices
+                else:
+                    read.noticed.pop(cid, None)
+                self._store.put(
+                    cid,
+                    Retained(
+                        record.completed_at or 0.0,
+                        record.last_offset,
+                        record.acked_count,
+                        record.seq,
+                        value if value[:1] == b"Z" else state.encode_record(record, compress=True),
+                    ),
+                )
+            elif isinstance(record, state.Marker):
+                read.heads.pop(cid, None)
+                read.noticed.pop(cid, None)
+                self._store.put(
+                    cid,
+                    Retained(record.marked_at, record.last_offset, record.acked_count, record.seq),
                 )
             else:
-                self._read.heads[cid] = record
+                read.noticed.pop(cid, None)
+                read.heads[cid] = record
             return
         if record is not None and not isinstance(record, changelog.Segment):
             raise StateError(f"state record of conversation {cid!r}: segment {index} is no segment")
@@ -285,19 +305,14 @@ class PartitionEngine:
         self._read = None
         for cid, record in read.heads.items():
             self._open.pop(cid, None)
-            self._done.pop(cid, None)
-            self._markers.pop(cid, None)
+            self._store.pop(cid)
             self._held.pop(cid, None)
             self._logs.pop(cid, None)
             self._noticed.pop(cid, None)
             segments = read.segments.pop(cid, {})
             named = range(0)
-            if isinstance(record, _Done):
-                self._done[cid] = record
-                self._note_waiting(cid, read.noticed.get(cid, []))
-            elif isinstance(record, state.Marker):
-                self._markers[cid] = record
-            elif record is not None:
+            if record is not None:
+                assert not isinstance(record, state.Marker)
                 if isinstance(record, changelog.Head):
                     present = {i: s for i, s in segments.items() if s is not None}
                     conv = changelog.assemble(record, present)
@@ -320,6 +335,8 @@ class PartitionEngine:
             ]
         for cid, segments in read.segments.items():
             self._sweep += [changelog.segment_key(cid, i) for i, s in segments.items() if s]
+        for cid, notices in read.noticed.items():
+            self._note_waiting(cid, notices)
 
     def restored(self, now: float) -> list[Decision]:
         """Rebuilds the schedules; issues what was due or in flight when state was written.
@@ -333,8 +350,6 @@ class PartitionEngine:
         if not self._restoring:
             return []
         self._restoring = False
-        self._done = OrderedDict(sorted(self._done.items(), key=lambda kv: kv[1].completed_at))
-        self._markers = OrderedDict(sorted(self._markers.items(), key=lambda kv: kv[1].marked_at))
         by_activity = sorted(self._open.values(), key=lambda conv: conv.last_event_at)
         self._active = OrderedDict((conv.id, None) for conv in by_activity if not conv.closing)
         self._deadlines, self._scheduled = [], {}
@@ -364,11 +379,12 @@ class PartitionEngine:
         conv = self._open.get(cid)
         if conv is not None:
             return offset <= conv.last_offset or key in conv.seen
-        done = self._done.get(cid)
-        if done is not None:
-            return offset <= done.last_offset or key in self._decode(done).seen
-        marker = self._markers.get(cid)
-        return marker is not None and offset <= marker.last_offset
+        kept = self._store.get(cid)
+        if kept is None:
+            return False
+        return offset <= kept.last_offset or (
+            kept.blob is not None and key in self._decode(kept.blob).seen
+        )
 
     def apply(self, event: events.Event, offset: int, now: float) -> list[Decision]:
         """Applies one event at input `offset`; a `conversation.ended` flushes at once.
@@ -411,6 +427,8 @@ class PartitionEngine:
             self._active.move_to_end(cid)
             if cid not in self._scheduled:
                 self._schedule(conv)
+        except StoreError:
+            raise  # The disk, not the event: the worker stops; the state topic has the truth.
         except Exception as exc:
             self._rollback(undo)
             raise InvalidEvent(
@@ -475,22 +493,30 @@ class PartitionEngine:
         head; otherwise the record at its head key (consolidated state, marker or
         tombstone) then tombstones for the segments that head no longer names. Stray
         segments left by a crash are tombstoned first, before any segment is written.
+        With `whole_records`, an open one is its whole `P` record, then tombstones for
+        the segments of the log it had, if any.
         """
         self._assemble()
         records: list[tuple[bytes, bytes | None]] = [(key, None) for key in self._sweep]
         self._sweep = []
-        for cid in self._changed:
+        whole = self._config.whole_records
+        # Whole records also rewrite every conversation still in the log layout (restored
+        # so, or logged before the switch): the topic converges to what release 0.1 reads.
+        changed = dict.fromkeys([*self._changed, *self._logs]) if whole else self._changed
+        for cid in changed:
             conv = self._open.get(cid)
             if conv is not None:
-                self._log_records(conv, records)
+                if whole:
+                    self._whole_record(conv, records)
+                else:
+                    self._log_records(conv, records)
                 continue
-            done = self._done.get(cid)
-            marker = self._markers.get(cid)
+            kept = self._store.get(cid)
             value: bytes | None = None
-            if done is not None:
-                value = done.blob
-            elif marker is not None:
-                value = state.encode_record(marker)
+            if kept is not None:
+                value = kept.blob or state.encode_record(
+                    state.Marker(cid, kept.acked_count, kept.seq, kept.last_offset, kept.at)
+                )
             records.append((changelog.head_key(cid), value))
             log = self._logs.pop(cid, None)
             if log is not None:
@@ -500,6 +526,22 @@ class PartitionEngine:
         held += self._noticed.values()
         hold = min((offset for offset in held if offset is not None), default=None)
         return Checkpoint(records=records, covers=self._covers, hold=hold)
+
+    def _whole_record(
+        self, conv: state.ConversationState, records: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Writes an open conversation whole, as release 0.1 did, then retires its log if any.
+
+        The whole record replaces the head first, so the segments go only once no head
+        names them; a later log starts afresh (a new epoch, the whole history in it).
+        """
+        cid = conv.id
+        if isinstance(conv.seen, state.SeenKeys):
+            conv.seen.take()
+        records.append((changelog.head_key(cid), state.encode_record(conv)))
+        log = self._logs.pop(cid, None)
+        if log is not None:
+            records += [(key, None) for key in log.keys(cid)]
 
     def _log_records(
         self, conv: state.ConversationState, records: list[tuple[bytes, bytes | None]]
@@ -552,28 +594,27 @@ class PartitionEngine:
 
         Nothing is changed yet: `_adopt` does that once the event is known to apply.
         """
-        done = self._done.get(cid)
-        marker = self._markers.get(cid)
-        if done is not None:
-            if offset <= done.last_offset:
+        kept = self._store.get(cid)
+        if kept is not None and kept.blob is not None:
+            if offset <= kept.last_offset:
                 return None
-            conv = self._decode(done)
+            conv = self._decode(kept.blob)
             if key in conv.seen:
                 return None
             conv.seen = state.SeenKeys(conv.seen)
             conv.complete = False
             conv.completed_at = None
             conv.opened_at = now
-        elif marker is not None:
-            if offset <= marker.last_offset:
+        elif kept is not None:
+            if offset <= kept.last_offset:
                 return None
             conv = state.ConversationState(
                 id=cid,
                 opened_at=now,
                 last_event_at=now,
-                seq=marker.seq,
-                acked_count=marker.acked_count,
-                partial=marker.acked_count > 0,
+                seq=kept.seq,
+                acked_count=kept.acked_count,
+                partial=kept.acked_count > 0,
             )
         else:
             conv = state.ConversationState(id=cid, opened_at=now, last_event_at=now)
@@ -582,10 +623,9 @@ class PartitionEngine:
     def _adopt(self, conv: state.ConversationState, offset: int) -> None:
         """Makes a conversation from `_reopen` the open one, replacing its completed form."""
         cid = conv.id
-        done = self._done.pop(cid, None)
-        self._markers.pop(cid, None)
+        kept = self._store.pop(cid)
         log = self._logs.get(cid)
-        if log is not None and done is not None:
+        if log is not None and kept is not None and kept.blob is not None:
             # Completed since the last checkpoint: its log goes on.
             assert isinstance(conv.seen, state.SeenKeys)
             conv.seen.fresh, log.unsaved = log.unsaved, []
@@ -607,8 +647,7 @@ class PartitionEngine:
             key=key,
             new_key=key not in conv.seen,
             adopted=adopted,
-            done=self._done.get(cid) if adopted else None,
-            marker=self._markers.get(cid) if adopted else None,
+            kept=self._store.get(cid) if adopted else None,
             log=self._logs.get(cid),
             unsaved=list(log.unsaved) if (log := self._logs.get(cid)) is not None else None,
             active=cid in self._active,
@@ -619,15 +658,13 @@ class PartitionEngine:
     def _put_back(self, undo: _Undo) -> None:
         """The forms a conversation had in the engine's maps before `apply` touched them."""
         cid = undo.conv.id
-        self._done.pop(cid, None)
+        self._store.pop(cid)
         if undo.adopted:
             self._open.pop(cid, None)
         else:
             self._open[cid] = undo.conv
-        if undo.done is not None:
-            self._done[cid] = undo.done
-        if undo.marker is not None:
-            self._markers[cid] = undo.marker
+        if undo.kept is not None:
+            self._store.put(cid, undo.kept)
         if undo.log is None:
             self._logs.pop(cid, None)
         else:
@@ -635,7 +672,7 @@ class PartitionEngine:
             undo.log.unsaved = undo.unsaved or []
 
     def _rollback(self, undo: _Undo) -> None:
-        """Puts the conversation back; a completed form returns at the end of its queue.
+        """Puts the conversation back, and its completed form or marker, if it had one.
 
         A rare path, so the activity order is simply rebuilt.
         """
@@ -815,12 +852,15 @@ class PartitionEngine:
         conv.complete = True
         conv.closing = False
         conv.completed_at = now
-        self._done[cid] = _Done(
-            state.encode_record(conv, compress=True),
-            now,
-            conv.last_offset,
-            conv.acked_count,
-            conv.seq,
+        self._store.put(
+            cid,
+            Retained(
+                now,
+                conv.last_offset,
+                conv.acked_count,
+                conv.seq,
+                state.encode_record(conv, compress=True),
+            ),
         )
         del self._open[cid]
         self._active.pop(cid, None)
@@ -865,44 +905,66 @@ class PartitionEngine:
     def _expire(self, now: float) -> list[Decision]:
         """Past retention a completed conversation becomes a marker; markers later go too.
 
+        Then the store's budget: while it holds more, the oldest markers go if
+        markers take more than `MARKER_SHARE` of it, else the oldest completed
+        conversation becomes a marker (a continuation of it is then refused as
+        `history_expired`, exactly as after retention).
+        """
+        decisions: list[Decision] = []
+        store = self._store
+        retention = self._config.state_retention
+        while (oldest := store.oldest(completed=True)) is not None:
+            cid, kept = oldest
+            if kept.at + retention > now:
+                break
+            decisions += self._mark(cid, kept, now)
+        lifetime = retention * MARKER_LIFETIME
+        while (oldest := store.oldest(completed=False)) is not None:
+            cid, kept = oldest
+            if kept.at + lifetime > now:
+                break
+            store.pop(cid)
+            self._changed[cid] = None
+        budget = store.budget
+        if budget is None:
+            return decisions
+        while store.held > budget:
+            completed = None if store.marker_held > budget * MARKER_SHARE else True
+            oldest = store.oldest(completed=True) if completed else None
+            if oldest is not None:
+                decisions += self._mark(*oldest, now)
+                self.evicted_completed += 1
+                continue
+            oldest = store.oldest(completed=False)
+            if oldest is None:
+                break
+            store.pop(oldest[0])
+            self._changed[oldest[0]] = None
+            self.evicted_markers += 1
+        return decisions
+
+    def _mark(self, cid: str, kept: Retained, now: float) -> list[Decision]:
+        """Makes a completed conversation a marker.
+
         A notice still waiting then can never go (its history leaves the state): it is
         dead-lettered rather than dropped.
         """
         decisions: list[Decision] = []
-        retention = self._config.state_retention
-        while self._done:
-            cid, done = next(iter(self._done.items()))
-            if done.completed_at + retention > now:
-                break
-            if self._noticed.pop(cid, None) is not None:
-                decisions += [
-                    NoticeRefusal(
-                        cid,
-                        notice.offset,
-                        feedback.NoticeKind(notice.kind),
-                        feedback.Unresolved.HISTORY_EXPIRED,
-                        notice.body,
-                        feedback.PATHS[feedback.NoticeKind(notice.kind)],
-                    )
-                    for notice in self._decode(done).notices
-                    if not notice.sent
-                ]
-            del self._done[cid]
-            self._markers[cid] = state.Marker(
-                id=cid,
-                acked_count=done.acked_count,
-                seq=done.seq,
-                last_offset=done.last_offset,
-                marked_at=now,
-            )
-            self._changed[cid] = None
-        lifetime = retention * MARKER_LIFETIME
-        while self._markers:
-            cid, marker = next(iter(self._markers.items()))
-            if marker.marked_at + lifetime > now:
-                break
-            del self._markers[cid]
-            self._changed[cid] = None
+        if self._noticed.pop(cid, None) is not None and kept.blob is not None:
+            decisions += [
+                NoticeRefusal(
+                    cid,
+                    notice.offset,
+                    feedback.NoticeKind(notice.kind),
+                    feedback.Unresolved.HISTORY_EXPIRED,
+                    notice.body,
+                    feedback.PATHS[feedback.NoticeKind(notice.kind)],
+                )
+                for notice in self._decode(kept.blob).notices
+                if not notice.sent
+            ]
+        self._store.put(cid, Retained(now, kept.last_offset, kept.acked_count, kept.seq))
+        self._changed[cid] = None
         return decisions
 
     def _note(self, event: feedback.Note, offset: int, now: float) -> list[Decision]:
@@ -918,7 +980,7 @@ class PartitionEngine:
             kind = feedback.NoticeKind.EVENT
         conv = self._find(cid)
         if conv is None:
-            marker = self._markers.get(cid)
+            marker = self._store.get(cid)
             if marker is not None and offset <= marker.last_offset:
                 self.duplicates += 1
                 return []
@@ -998,18 +1060,20 @@ class PartitionEngine:
         """The conversation open or completed (a decoded copy: `_save` writes it back)."""
         conv = self._open.get(cid)
         if conv is None:
-            done = self._done.get(cid)
-            if done is not None:
-                conv = self._decode(done)
+            kept = self._store.get(cid)
+            if kept is not None and kept.blob is not None:
+                conv = self._decode(kept.blob)
         return conv
 
     def _save(self, conv: state.ConversationState) -> None:
         """Records a change made outside the flush cycle, re-compressing a completed one."""
         cid = conv.id
-        done = self._done.get(cid)
-        if done is not None and cid not in self._open:
-            done.blob = state.encode_record(conv, compress=True)
-            done.last_offset = conv.last_offset
+        kept = self._store.get(cid) if cid not in self._open else None
+        if kept is not None and kept.blob is not None:
+            blob = state.encode_record(conv, compress=True)
+            self._store.put(
+                cid, msgspec.structs.replace(kept, blob=blob, last_offset=conv.last_offset)
+            )
         self._index(conv)
         self._changed[cid] = None
 
@@ -1023,8 +1087,8 @@ class PartitionEngine:
             self._noticed.pop(cid, None)
 
     @staticmethod
-    def _decode(done: _Done) -> state.ConversationState:
-        record = state.decode_record(done.blob)
+    def _decode(blob: bytes) -> state.ConversationState:
+        record = state.decode_record(blob)
         assert isinstance(record, state.ConversationState)
         return record
 
@@ -1055,8 +1119,7 @@ class _Undo(msgspec.Struct, frozen=True, gc=False):
     key: int
     new_key: bool
     adopted: bool
-    done: _Done | None
-    marker: state.Marker | None
+    kept: Retained | None
     log: _Log | None
     unsaved: list[int] | None
     active: bool

@@ -85,3 +85,8 @@ class CannotFit(ConsumerError):
 
 class StateError(ConsumerError):
     """A state-topic record cannot be read: stop rather than flush a partial history."""
+
+
+class StoreError(ConsumerError):
+    """The local store of completed conversations failed (a full or broken disk): the
+    worker stops, since the state topic can rebuild it; the event is not at fault."""

@@ -138,6 +138,30 @@ offset_commits_failed = Counter(
     "Offset commits the group coordinator refused (skipped; the next checkpoint retries).",
     registry=REGISTRY,
 )
+state_retained = Gauge(
+    f"{PREFIX}_state_retained",
+    "Completed conversations (kind=completed) and markers (kind=marker) the worker keeps.",
+    ["kind"],
+    registry=REGISTRY,
+)
+state_retained_bytes = Gauge(
+    f"{PREFIX}_state_retained_bytes",
+    "Bytes completed conversations and markers take, where they are kept (memory or disk).",
+    ["where"],
+    registry=REGISTRY,
+)
+state_budget_bytes = Gauge(
+    f"{PREFIX}_state_budget_bytes",
+    "The bound on state_retained_bytes (STATE_MEMORY_BYTES, or STATE_DISK_BYTES with STATE_DIR).",
+    registry=REGISTRY,
+)
+state_evicted = Counter(
+    f"{PREFIX}_state_evicted",
+    "Entries evicted to stay within the budget: completed conversations made markers early "
+    "(kind=completed), markers deleted early (kind=marker).",
+    ["kind"],
+    registry=REGISTRY,
+)
 notices = Counter(
     f"{PREFIX}_notices",
     "Feedback (POST /feedback) and interaction (POST /events) requests settled, by kind and "

@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -40,6 +41,7 @@ from consumer.health import Health, HealthServer
 from consumer.logs import configure as configure_logs
 from consumer.settings import Settings
 from consumer.sink import Delivery, Outcome, Sink
+from consumer.store import MemoryStore, SqliteStore, Store
 from consumer.topics import LARGE_RECORD_BYTES, ensure_topics, read_state
 
 log = structlog.get_logger(__name__)
@@ -125,7 +127,7 @@ def shed_plan(open_counts: Sequence[tuple[K, int]], limit: int) -> list[tuple[K,
 class _Partition:
     """One assigned input partition: its engine, its position and its flushes in flight."""
 
-    __slots__ = ("catch_up", "duplicates", "engine", "position", "tasks", "tp")
+    __slots__ = ("catch_up", "duplicates", "engine", "evicted", "position", "tasks", "tp")
 
     def __init__(self, tp: TopicPartition, engine: PartitionEngine) -> None:
         self.tp = tp
@@ -135,6 +137,8 @@ class _Partition:
         self.catch_up: int | None = None
         """End offset at assignment: restored flushes wait until the replay reaches it."""
         self.duplicates = 0
+        self.evicted = (0, 0)
+        """The engine's eviction counts (completed, markers) last added to the metric."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -185,6 +189,7 @@ class Worker:
             idle_timeout=settings.conversation_idle_timeout_seconds,
             max_open=settings.conversation_max_open_seconds,
             state_retention=settings.conversation_state_retention_seconds,
+            whole_records=bool(settings.state_upgrade_from),
         )
         self._parts: dict[TopicPartition, _Partition] = {}
         self._lock = asyncio.Lock()
@@ -254,6 +259,7 @@ class Worker:
 
     async def _start(self) -> None:
         s = self.settings
+        self._clear_state_dir()
         await ensure_topics(
             self._options,
             input_topic=s.kafka_topic,
@@ -285,8 +291,9 @@ class Worker:
                 # Measured on a checkpoint of 300 open conversations: lz4 cuts the batch to
                 # 16% at ~1 GB/s; zstd to 10% at ~220 MB/s. Batches are compressed on the
                 # event loop, so the cheap codec wins; the state topic is read back whole on
-                # every restore.
-                compression_type="lz4",
+                # every restore. Release 0.1 has no lz4 codec: while it shares the group
+                # (STATE_UPGRADE_FROM), batches go uncompressed, as it wrote them.
+                compression_type=None if s.state_upgrade_from else "lz4",
             )
         await self._producer.start()
         if self._consumer is None:
@@ -640,6 +647,7 @@ class Worker:
         for part in self._parts.values():
             metrics.events_duplicate.inc(part.engine.duplicates - part.duplicates)
             part.duplicates = part.engine.duplicates
+        self._state_gauges()
         assert self._consumer is not None
         for part in self._parts.values():
             highwater = self._consumer.highwater(part.tp)
@@ -647,6 +655,45 @@ class Worker:
                 metrics.consumer_lag.labels(part.tp.topic, str(part.tp.partition)).set(
                     max(0, highwater - part.position)
                 )
+
+    def _state_gauges(self) -> None:
+        stores = [p.engine.store for p in self._parts.values()]
+        metrics.state_retained.labels("completed").set(sum(s.completed_count for s in stores))
+        metrics.state_retained.labels("marker").set(sum(s.marker_count for s in stores))
+        where = "disk" if self.settings.state_dir else "memory"
+        metrics.state_retained_bytes.labels(where).set(sum(s.held for s in stores))
+        metrics.state_budget_bytes.set(self._state_budget())
+        for part in self._parts.values():
+            engine = part.engine
+            done, markers = part.evicted
+            metrics.state_evicted.labels("completed").inc(engine.evicted_completed - done)
+            metrics.state_evicted.labels("marker").inc(engine.evicted_markers - markers)
+            part.evicted = (engine.evicted_completed, engine.evicted_markers)
+
+    def _state_budget(self) -> int:
+        s = self.settings
+        return s.state_disk_bytes if s.state_dir else s.state_memory_bytes
+
+    def _new_store(self, tp: TopicPartition, partitions: int) -> Store:
+        """An empty store for a newly assigned partition, with its share of the budget."""
+        budget = self._state_budget() // max(1, partitions)
+        if not self.settings.state_dir:
+            return MemoryStore(budget)
+        path = Path(self.settings.state_dir) / f"{tp.topic}-{tp.partition}.sqlite3"
+        return SqliteStore(path, budget)
+
+    def _clear_state_dir(self) -> None:
+        """Deletes the files a failed run left (no partition is ours yet; each is rebuilt)."""
+        s = self.settings
+        if s.state_dir:
+            for stale in Path(s.state_dir).glob(f"{s.kafka_topic}-*.sqlite3"):
+                stale.unlink(missing_ok=True)
+
+    def _share_budget(self) -> None:
+        """Splits the state budget evenly over the assigned partitions."""
+        share = self._state_budget() // max(1, len(self._parts))
+        for part in self._parts.values():
+            part.engine.store.budget = share
 
     def _backpressure(self) -> None:
         """Pauses fetching while the API is refusing the key or too much is in flight."""
@@ -732,10 +779,12 @@ class Worker:
                     unanswered=len(part.tasks),
                 )
             del self._parts[part.tp]
+            part.engine.store.close()
             with contextlib.suppress(KeyError):  # a stale gauge would report lag nobody owns
                 metrics.consumer_lag.remove(part.tp.topic, str(part.tp.partition))
         assert self._commits is not None
         self._commits.release(part.tp for part in parts)
+        self._share_budget()
         metrics.open_conversations.set(sum(p.engine.open_count for p in self._parts.values()))
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
@@ -756,7 +805,11 @@ class Worker:
             new = [tp for tp in assigned if tp not in self._parts]
             self.health.set_restoring(True)
             now = self._clock()
-            engines = {tp.partition: PartitionEngine(self._config) for tp in new}
+            total = len(self._parts) + len(new)
+            engines = {
+                tp.partition: PartitionEngine(self._config, self._new_store(tp, total))
+                for tp in new
+            }
             log.info("partitions_restoring", partitions=sorted(engines))
             started = time.monotonic()
 
@@ -779,6 +832,7 @@ class Worker:
                     # Restored state may predate what a lost owner already sent; re-sending it
                     # before the replay catches up could briefly replace a longer history.
                     part.catch_up = ends[tp]
+            self._share_budget()
             log.info(
                 "partitions_assigned",
                 partitions=sorted(tp.partition for tp in assigned),

@@ -31,6 +31,8 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 OFFSET_RESETS = ("earliest", "latest", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "console")
+UPGRADE_FROM = ("0.1",)
+"""Releases whose state-topic layout a worker can keep writing while they share its group."""
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -63,6 +65,17 @@ class Settings:
     conversation_idle_timeout_seconds: float = 300.0
     conversation_max_open_seconds: float = 3600.0
     conversation_state_retention_seconds: float = 86400.0
+    state_memory_bytes: int = 268_435_456
+    """The memory completed conversations and markers may take, across the worker, when
+    they are kept in memory (no `state_dir`); past it the oldest become markers early."""
+    state_dir: str = ""
+    """A directory for one SQLite file per assigned partition holding completed
+    conversations and markers on disk instead; "" keeps them in memory."""
+    state_disk_bytes: int = 4_294_967_296
+    """With `state_dir`: what those files may hold, across the worker."""
+    state_upgrade_from: str = ""
+    """A rolling upgrade from this release is under way (Kafka Streams' `upgrade.from`):
+    write the state topic in its layout, read both. "" writes the changelog layout."""
     http_port: int = 8080
     log_level: str = "info"
     log_format: str = "json"
@@ -246,6 +259,13 @@ def _text(name: str, value: str) -> str:
     return value
 
 
+def _directory(name: str, value: str) -> str:
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(env_name(name), f"{value!r} exists and is not a directory")
+    return value
+
+
 def _choice(
     options: tuple[str, ...], *, upper: bool, aliases: Mapping[str, str] | None = None
 ) -> Callable[[str, str], str]:
@@ -400,6 +420,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "conversation_idle_timeout_seconds": _positive,
     "conversation_max_open_seconds": _positive,
     "conversation_state_retention_seconds": _positive,
+    "state_memory_bytes": _integer(1_048_576),
+    "state_dir": _directory,
+    "state_disk_bytes": _integer(1_048_576),
+    "state_upgrade_from": _choice(UPGRADE_FROM, upper=False, aliases={"0.1.0": "0.1"}),
     "http_port": _integer(0, 65535),
     "log_level": _choice(LOG_LEVELS, upper=False, aliases={"warn": "warning"}),
     "log_format": _choice(LOG_FORMATS, upper=False),

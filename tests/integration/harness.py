@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumer import admin, payload
 from consumer.testing.emulator import Emulator
+from consumer.topics import STATE_TOPIC_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
@@ -124,8 +125,21 @@ def expected_bodies(events: Iterable[dict[str, Any]], tmp: Path) -> dict[str, pa
     return {b.id: b for b in bodies}
 
 
-async def create_topic(bootstrap: str, name: str, partitions: int, replication: int = 1) -> None:
-    await admin.create_topic(bootstrap, name, partitions, replication_factor=replication)
+async def create_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    replication: int = 1,
+    config: dict[str, str] | None = None,
+) -> None:
+    await admin.create_topic(
+        bootstrap, name, partitions, replication_factor=replication, config=config
+    )
+
+
+async def create_state_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """A state topic made before the worker starts, compacted as the worker requires."""
+    await create_topic(bootstrap, f"{topic}.state", partitions, config=STATE_TOPIC_CONFIG)
 
 
 async def produce(

@@ -28,7 +28,10 @@ async def test_refused_state_write_commits_nothing_and_a_restart_recovers(
     await create_topic(kafka.bootstrap_servers, topic, 1)
     # A state topic made by hand with a limit too small for a conversation's state.
     await kafka_admin.create_topic(
-        kafka.bootstrap_servers, f"{topic}.state", 1, config={"max.message.bytes": "600"}
+        kafka.bootstrap_servers,
+        f"{topic}.state",
+        1,
+        config={"cleanup.policy": "compact", "max.message.bytes": "600"},
     )
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     await admin.start()
@@ -54,7 +57,11 @@ async def test_refused_state_write_commits_nothing_and_a_restart_recovers(
                 ConfigResource(
                     ConfigResourceType.TOPIC,
                     f"{topic}.state",
-                    configs={"max.message.bytes": str(16 * 1024 * 1024)},
+                    # AlterConfigs replaces the topic's whole set: the policy goes too.
+                    configs={
+                        "cleanup.policy": "compact",
+                        "max.message.bytes": str(16 * 1024 * 1024),
+                    },
                 )
             ]
         )

@@ -1,4 +1,4 @@
-"""A Responses API conversation with tool calls, through a kill -9 of the worker, logged whole."""
+"""A Responses API conversation with tool calls, through a kill -9 and a rebalance, logged whole."""
 
 from __future__ import annotations
 
@@ -53,9 +53,20 @@ async def test_a_responses_conversation_survives_kill_9_each_message_once(
     await wait_for(first_turns_committed, 30, "the first two offsets committed")
     worker.kill()
 
-    # The rest: a `conversation` delta, then a full re-send of everything, then the end.
-    await produce(kafka.bootstrap_servers, topic, events[2:])
+    # The rest: a `conversation` delta, then a full re-send of everything, then the end;
+    # a second member joins in between, so the partition is revoked and handed on.
+    await produce(kafka.bootstrap_servers, topic, events[2:3])
     worker.start()
+
+    async def third_committed() -> bool:
+        return (await committed(kafka.bootstrap_servers, group, topic))[0] == 3
+
+    await wait_for(third_committed, 60, "the third event committed after the restart")
+    second = workers(kafka.bootstrap_servers, topic, emulator, group=group).start()
+    await wait_for(
+        lambda: "partitions_revoked" in worker.events(), 60, "the rebalance taking the partition"
+    )
+    await produce(kafka.bootstrap_servers, topic, events[3:])
     await wait_for(lambda: all_logged(emulator, expected), 90, "the whole conversation logged")
     assert_matches(emulator.conversations, expected)
     history_only_grows(emulator)
@@ -76,5 +87,6 @@ async def test_a_responses_conversation_survives_kill_9_each_message_once(
         if m.properties and "response_id" in m.properties
     ]
     assert replies == ["resp_01", "resp_02", "resp_03", "resp_04"]
-    code, _ = await worker.terminate()
-    assert code == 0
+    for member in (worker, second):
+        code, _ = await member.terminate()
+        assert code == 0

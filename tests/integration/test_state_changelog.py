@@ -16,6 +16,8 @@ import aiohttp
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from harness import (
     API_KEY,
     Worker,
@@ -23,6 +25,7 @@ from harness import (
     assert_matches,
     committed_to_the_end,
     conversation,
+    create_state_topic,
     create_topic,
     expected_bodies,
     fresh,
@@ -37,6 +40,7 @@ from harness import (
 from consumer import changelog, payload
 from consumer.engine import EngineConfig, Flush, PartitionEngine
 from consumer.events import decode_event
+from consumer.topics import STATE_TOPIC_CONFIG
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +193,7 @@ async def test_state_of_the_previous_release_is_migrated_and_continued(
     bootstrap = kafka.bootstrap_servers
     topic, group = fresh("chat"), fresh("g")
     await create_topic(bootstrap, topic, 1)
-    await create_topic(bootstrap, f"{topic}.state", 1)
+    await create_state_topic(bootstrap, topic, 1)
     first = conversation("up-open", 3, ended=False) + conversation("up-done", 2, ended=True)
     later = conversation("up-open", 3, start=3) + conversation("up-done", 2, start=2, minute=5)
     expected = expected_bodies(first + later, tmp_path)
@@ -258,7 +262,7 @@ async def test_a_checkpoint_cut_mid_log_and_mid_consolidation_restores_whole(
     bootstrap = kafka.bootstrap_servers
     topic, group = fresh("chat"), fresh("g")
     await create_topic(bootstrap, topic, 2)
-    await create_topic(bootstrap, f"{topic}.state", 2)
+    await create_state_topic(bootstrap, topic, 2)
     a = conversation("cut-log", 7, history="delta")
     b = conversation("cut-done", 2) + conversation("cut-done", 2, start=2, minute=5)
     expected = expected_bodies(a + b, tmp_path)
@@ -305,3 +309,30 @@ async def test_a_checkpoint_cut_mid_log_and_mid_consolidation_restores_whole(
     records = await state_records(bootstrap, topic)
     assert segments(records) == {}
     assert {(records[b"cut-log"] or b"")[:1], (records[b"cut-done"] or b"")[:1]} == {b"Z"}
+
+
+async def test_the_state_topic_is_created_with_the_compaction_that_bounds_it(
+    kafka, emulator, workers
+):
+    """The settings docs/design.md counts on to keep the topic near the live set."""
+    bootstrap = kafka.bootstrap_servers
+    topic, group = fresh("chat"), fresh("g")
+    await create_topic(bootstrap, topic, 2)
+    worker = workers(bootstrap, topic, emulator, group=group).start()
+    await wait_for(lambda: "partitions_assigned" in worker.events(), 60, "the worker assigned")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, f"{topic}.state")]
+        )
+        (resource,) = response.resources
+        configs = {entry[0]: entry[1] for entry in resource[4]}
+        described = await admin.describe_topics([f"{topic}.state"])
+    finally:
+        await admin.close()
+    assert {name: configs[name] for name in STATE_TOPIC_CONFIG} == STATE_TOPIC_CONFIG
+    assert configs["cleanup.policy"] == "compact"
+    assert len(described[0]["partitions"]) == 2
+    code, _ = await worker.terminate()
+    assert code == 0

@@ -1,11 +1,16 @@
 """Upgrades and downgrades: the previous release and the current code in one consumer group.
 
-The previous release is the last tag (`git describe --tags --abbrev=0`), or the commit
-in previous_release.txt when the clone has no tags. It is installed from git into a
+The previous release is the commit in previous_release.txt (tag v0.1.0): the release
+whose upgrade path `PLAN` follows, pinned so that tagging a new release does not change
+what this test means; move it with the plan when the next upgrade path is written. It
+is installed from git into a
 venv of its own, cached under ~/.cache/inkeep-consumer/releases/<commit>, and runs as
 `python -m consumer run` from outside the repository so the current code cannot shadow
-it. `PLAN` is the rolling restart, one worker at a time, both ways; a new version (or a
-new state format) is one more entry in `VERSIONS` or `PLAN`.
+it. `PLAN` is the supported procedure (docs/operations.md, "Upgrades and downgrades"),
+one worker at a time: the current code first rolled out with `STATE_UPGRADE_FROM=0.1`
+("compat": writes the previous release's whole records, reads both layouts), a
+downgrade during that phase, then a second roll without it (the changelog layout).
+A new version (or a new state format) is one more entry in `versions` or `PLAN`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from harness import (
     history_only_grows,
     interleave,
     produce,
+    read_all,
     wait_for,
 )
 from kafka_fixtures import make_topic
@@ -47,26 +53,33 @@ RECORDED = Path(__file__).with_name("previous_release.txt")
 
 PLAN: list[tuple[str, str]] = [
     ("previous", "previous"),  # the fleet before the upgrade
-    ("current", "previous"),  # upgrade: the first worker rolled
-    ("current", "current"),  # upgrade done
-    ("previous", "current"),  # downgrade: the first worker rolled back
-    ("previous", "previous"),  # downgrade done
+    ("compat", "previous"),  # phase 1: the first worker rolled, writing the old layout
+    ("compat", "compat"),  # phase 1 done
+    ("previous", "compat"),  # a downgrade during phase 1: safe
+    ("compat", "compat"),  # phase 1 again
+    ("current", "compat"),  # phase 2: the first worker writes the changelog layout
+    ("current", "current"),  # upgrade done; no downgrade to the previous release from here
 ]
 """The two workers' versions at each step; each step also sends a turn of every conversation."""
+
+COMPAT = {"STATE_UPGRADE_FROM": "0.1"}
 
 CONVERSATIONS = 6
 
 
+def layout(record: Any) -> str:
+    """`whole` for a state record the previous release reads (a UTF-8 key, a `P`/`Z` value or
+    a tombstone), `log` for one of the changelog layout (a segment key or an `L` head)."""
+    try:
+        record.key.decode()
+    except UnicodeDecodeError:
+        return "log"
+    return "whole" if record.value is None or record.value[:1] in (b"P", b"Z") else "log"
+
+
 def previous_release() -> str:
-    """The full hash of the last tagged commit, or of the recorded one without tags."""
-    described = subprocess.run(
-        ["git", "describe", "--tags", "--abbrev=0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    ref = described.stdout.strip() if described.returncode == 0 else RECORDED.read_text().strip()
+    """The full hash of the release the upgrade path starts from (previous_release.txt)."""
+    ref = RECORDED.read_text().strip()
     commit = subprocess.run(
         ["git", "rev-parse", f"{ref}^{{commit}}"],
         cwd=REPO,
@@ -108,12 +121,13 @@ def install(commit: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def versions(tmp_path_factory) -> dict[str, tuple[str, Path]]:
-    """Version name -> (python, working directory) to run `python -m consumer` with."""
+def versions(tmp_path_factory) -> dict[str, tuple[str, Path, dict[str, str]]]:
+    """Version name -> (python, working directory, extra variables) to run `python -m consumer`."""
     outside = tmp_path_factory.mktemp("released")  # No consumer/ here to shadow the install.
     return {
-        "previous": (str(install(previous_release())), outside),
-        "current": (sys.executable, REPO),
+        "previous": (str(install(previous_release())), outside, {}),
+        "compat": (sys.executable, REPO, COMPAT),
+        "current": (sys.executable, REPO, {}),
     }
 
 
@@ -176,13 +190,14 @@ async def test_rolling_upgrade_and_downgrade_log_every_conversation_whole(
                 if running is not None:
                     code, _ = await running.terminate()
                     assert code == 0, f"{running.name} ({running.version}) exited {code}"
-                python, cwd = versions[version]
+                python, cwd, extra = versions[version]
                 worker = VersionedWorker(
                     bootstrap,
                     topic,
                     emulator.url,
                     tmp_path,
                     group=group,
+                    extra=extra,
                     name=f"s{slot}-{step}-{version}",
                     python=python,
                     cwd=cwd,
@@ -209,6 +224,9 @@ async def test_rolling_upgrade_and_downgrade_log_every_conversation_whole(
                 60,
                 f"step {step} {wanted}: offsets committed",
             )
+            layouts = {layout(record) for record in await read_all(bootstrap, f"{topic}.state")}
+            changelog_ran = any("current" in versions for versions in PLAN[: step + 1])
+            assert layouts == ({"whole", "log"} if changelog_ran else {"whole"}), (step, layouts)
         for worker in slots:
             assert worker is not None
             assert worker.alive(), f"{worker.name} died during the roll"

@@ -10,6 +10,7 @@ checkpoint or of the cut one, never a partial history and never a `StateError`.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -32,10 +33,12 @@ def snapshot(engine: PartitionEngine) -> Snapshot:
     out: Snapshot = {}
     for cid, conv in engine._open.items():
         out[cid] = ("open", _builtins(conv))
-    for cid, done in engine._done.items():
-        out[cid] = ("done", _builtins(state.decode_record(done.blob)))
-    for cid, marker in engine._markers.items():
-        out[cid] = ("marker", msgspec.to_builtins(marker))
+    for cid, kept in engine.store.items():
+        if kept.blob is not None:
+            out[cid] = ("done", _builtins(state.decode_record(kept.blob)))
+        else:
+            marker = state.Marker(cid, kept.acked_count, kept.seq, kept.last_offset, kept.at)
+            out[cid] = ("marker", msgspec.to_builtins(marker))
     return out
 
 
@@ -45,8 +48,10 @@ def _builtins(record: Any) -> Any:
     return msgspec.to_builtins(bare), sorted(record.seen)  # A set has no order.
 
 
-def restore(records: list[tuple[bytes, bytes | None]]) -> PartitionEngine:
-    engine = PartitionEngine(CONFIG)
+def restore(
+    records: list[tuple[bytes, bytes | None]], config: EngineConfig = CONFIG
+) -> PartitionEngine:
+    engine = PartitionEngine(config)
     for key, value in records:
         engine.restore(key, value, 0.0)
     return engine
@@ -81,19 +86,17 @@ def event(cid: str, step: int, kind: str) -> events.Event:
     return events.decode_event(json.dumps(value).encode())
 
 
-OPS = st.lists(
-    st.one_of(
-        st.tuples(st.just("event"), st.sampled_from("ab"), st.sampled_from(("turn", "ended"))),
-        st.tuples(st.just("event"), st.sampled_from("ab"), st.just("turn")),
-        st.tuples(st.just("again"), st.integers(0, 50)),
-        st.tuples(st.just("tick"), st.integers(1, 120)),
-        st.tuples(st.just("ack"), st.integers(0, 3)),
-        st.tuples(st.just("ack"), st.integers(0, 3)),
-        st.tuples(st.just("checkpoint"), st.integers(0, 40), st.booleans()),
-        st.tuples(st.just("restart"), st.booleans()),
-    ),
-    max_size=60,
+OP = st.one_of(
+    st.tuples(st.just("event"), st.sampled_from("ab"), st.sampled_from(("turn", "ended"))),
+    st.tuples(st.just("event"), st.sampled_from("ab"), st.just("turn")),
+    st.tuples(st.just("again"), st.integers(0, 50)),
+    st.tuples(st.just("tick"), st.integers(1, 120)),
+    st.tuples(st.just("ack"), st.integers(0, 3)),
+    st.tuples(st.just("ack"), st.integers(0, 3)),
+    st.tuples(st.just("checkpoint"), st.integers(0, 40), st.booleans()),
+    st.tuples(st.just("restart"), st.booleans()),
 )
+OPS = st.lists(OP, max_size=60)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -125,7 +128,17 @@ OPS = st.lists(
 )
 def test_restore_gives_exactly_the_state_the_engine_had(ops):
     """Events, duplicates, acks, completions, continuations, expiries, restarts and crashes."""
-    engine = PartitionEngine(CONFIG)
+    play(ops)
+
+
+def play(ops: list[tuple[Any, ...]], config: EngineConfig = CONFIG) -> None:
+    """Runs `ops`, checking every restore against the engine; `("layout", whole)` switches
+    `whole_records` from the next checkpoint on, as a fleet mixing the two modes does.
+
+    After a whole checkpoint that was not cut, the topic's compaction is all the
+    previous release reads, and it reads the engine's conversations from it.
+    """
+    engine = PartitionEngine(config)
     log: list[tuple[bytes, bytes | None]] = []
     applied: list[events.Event] = []
     flying: list[Flush] = []
@@ -146,14 +159,17 @@ def test_restore_gives_exactly_the_state_the_engine_had(ops):
         elif op[0] == "ack":
             flush = flying.pop(op[1] % len(flying)) if flying else None
             decisions = flush and engine.acknowledged(flush.conversation_id, flush.seq, now)
+        elif op[0] == "layout":
+            engine._config = replace(engine._config, whole_records=op[1])
+            continue
         elif op[0] == "checkpoint":
-            records = engine.checkpoint().records
+            records = take_checkpoint(engine)
             current = snapshot(engine)
             _, cut, crash = op
             if crash and records:
                 # The process dies with part of this checkpoint in the topic.
                 log += records[: cut % (len(records) + 1)]
-                engine = restore(log)
+                engine = restore(log, engine._config)
                 got = snapshot(engine)
                 for cid in set(got) | set(written) | set(current):
                     assert got.get(cid) in (written.get(cid), current.get(cid)), cid
@@ -162,21 +178,167 @@ def test_restore_gives_exactly_the_state_the_engine_had(ops):
                 written = got
             else:
                 log += records
-                assert snapshot(restore(log)) == snapshot(engine)
-                assert snapshot(restore(compacted(log))) == snapshot(engine)
+                assert_restores(engine, log)
                 written = snapshot(engine)
                 continue
         else:
-            log += engine.checkpoint().records
+            log += take_checkpoint(engine)
             written = snapshot(engine)
-            engine = restore(compacted(log) if op[1] else log)
+            engine = restore(compacted(log) if op[1] else log, engine._config)
             assert snapshot(engine) == written
             decisions = engine.restored(now)
             flying = []
         flying += [d for d in decisions or () if isinstance(d, Flush)]
-    log += engine.checkpoint().records
+    log += take_checkpoint(engine)
+    assert_restores(engine, log)
+
+
+def take_checkpoint(engine: PartitionEngine) -> list[tuple[bytes, bytes | None]]:
+    records = engine.checkpoint().records
+    if engine._config.whole_records:
+        assert_previous_release_writes(records)
+    return records
+
+
+def assert_restores(engine: PartitionEngine, log: list[tuple[bytes, bytes | None]]) -> None:
+    """The topic, whole or compacted, restores the engine's state after an uncut checkpoint."""
     assert snapshot(restore(log)) == snapshot(engine)
     assert snapshot(restore(compacted(log))) == snapshot(engine)
+    if engine._config.whole_records:
+        assert previous_release_restore(compacted(log)) == snapshot(engine)
+
+
+PREVIOUS_FIELDS = {
+    state.Entry: (None, "role content created_at name tool_calls tool_call_id properties"),
+    state.Meta: (
+        None,
+        (
+            "external_id external_url project_id integration_id support_ticket_conversation_id "
+            "properties user_properties tags visibility"
+        ),
+    ),
+    state.ConversationState: (
+        "c1",
+        (
+            "id opened_at last_event_at entries fingerprints seen meta created_at updated_at "
+            "last_flush_at completed_at last_offset complete closing dirty seq in_flight "
+            "in_flight_trigger in_flight_count pending acked_count unacked_from since_issue_from "
+            "partial"
+        ),
+    ),
+    state.Marker: ("m1", "id acked_count seq last_offset marked_at"),
+}
+"""The previous release's (v0.1.0) record structs: tag and fields, all `array_like`."""
+
+
+def test_whole_records_keep_the_previous_release_s_structs():
+    """The previous release decodes what `state.encode_record` writes while these hold.
+
+    Its structs are `array_like`: a field added at the end is skipped by its decoder
+    (checked below with a stand-in), any other change breaks it.
+    """
+    for struct, (tag, fields) in PREVIOUS_FIELDS.items():
+        config = struct.__struct_config__
+        assert (config.tag, config.array_like) == (tag, True), struct
+        names = tuple(fields.split())
+        assert struct.__struct_fields__[: len(names)] == names, struct
+
+    class Earlier(msgspec.Struct, array_like=True, tag="c1"):
+        id: str
+
+    later = msgspec.defstruct("Later", [("id", str), ("added", int)], array_like=True, tag="c1")
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(later("x", 1)), type=Earlier).id == "x"
+
+
+def previous_release_restore(records: list[tuple[bytes, bytes | None]]) -> Snapshot:
+    """What the previous release's `restore` makes of a state partition, as `snapshot` shows it.
+
+    Its restore decodes every key as the conversation id (a segment key raises
+    `UnicodeDecodeError`) and every value with `state.decode_record` (an `L` record
+    raises `StateError`); it stops the worker on either.
+    """
+    out: Snapshot = {}
+    for key, value in records:
+        cid = key.decode()
+        out.pop(cid, None)
+        if value is None:
+            continue
+        record = state.decode_record(value)
+        if isinstance(record, state.Marker):
+            out[cid] = ("marker", msgspec.to_builtins(record))
+        else:
+            out[cid] = ("done" if record.complete else "open", _builtins(record))
+    return out
+
+
+def assert_previous_release_writes(records: list[tuple[bytes, bytes | None]]) -> None:
+    """Nothing but what the previous release wrote: whole records at head keys.
+
+    A tombstone of a segment key is allowed: it retires a log a changelog writer left.
+    """
+    for key, value in records:
+        _, index = changelog.parse_key(key)
+        if index is not None:
+            assert value is None, key
+        elif value is not None:
+            assert value[:1] in (b"P", b"Z"), (key, value[:1])
+            state.decode_record(value)
+
+
+MIXED = st.lists(st.one_of(OP, st.tuples(st.just("layout"), st.booleans())), max_size=60)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans(), MIXED)
+@example(  # Logged, then rewritten whole unchanged, then logged afresh after a crash.
+    False,
+    [
+        ("event", "a", "turn"),
+        ("checkpoint", 0, False),
+        ("event", "a", "turn"),
+        ("checkpoint", 0, False),
+        ("layout", True),
+        ("checkpoint", 1, True),
+        ("layout", False),
+        ("event", "a", "turn"),
+        ("checkpoint", 0, False),
+    ],
+)
+@example(  # Logged, written whole, logged again by the same worker: a new log.
+    False,
+    [
+        ("event", "a", "turn"),
+        ("checkpoint", 0, False),
+        ("layout", True),
+        ("checkpoint", 0, False),
+        ("layout", False),
+        ("event", "a", "turn"),
+        ("checkpoint", 0, False),
+    ],
+)
+@example(  # Reopened from a marker before the checkpoint, then written whole.
+    False,
+    [
+        ("event", "a", "turn"),
+        ("tick", 50),
+        ("restart", False),
+        ("ack", 0),
+        ("tick", 80),
+        ("tick", 120),
+        ("event", "a", "turn"),
+        ("layout", True),
+        ("checkpoint", 2, True),
+        ("event", "a", "turn"),
+        ("restart", True),
+    ],
+)
+def test_a_fleet_mixing_both_layouts_restores_exactly_the_state_the_engine_had(whole, ops):
+    """Workers writing whole records and workers writing logs take turns at a partition.
+
+    `whole` is the first writer's layout; a `layout` op switches it in place, a
+    restart keeps it (the next owner restores what the last one wrote).
+    """
+    play(ops, replace(CONFIG, whole_records=whole))
 
 
 def live() -> tuple[PartitionEngine, float]:
@@ -282,8 +444,8 @@ LEGACY_DONE = bytes.fromhex(
 """Records written by the previous release (whole conversations, `P`/`Z` + msgpack `c1`) for:"""
 
 
-def legacy_run() -> tuple[PartitionEngine, float]:
-    engine = PartitionEngine(CONFIG)
+def legacy_run(config: EngineConfig = CONFIG) -> tuple[PartitionEngine, float]:
+    engine = PartitionEngine(config)
     for step in range(3):
         engine.apply(event("open", step, "turn"), step, float(step))
     for step in range(3, 5):
@@ -310,3 +472,51 @@ def test_records_in_the_earlier_whole_format_restore_the_same_conversations():
     assert snapshot(restore([*legacy, *records])) == snapshot(engine)
     assert snapshot(restore(compacted([*legacy, *records]))) == snapshot(engine)
     assert len(engine._open["done"].entries) == 6
+
+
+COMPAT = replace(CONFIG, whole_records=True)
+
+
+def test_a_compat_worker_writes_back_whole_what_a_changelog_worker_logged():
+    """Phase 2: a partition goes from a worker without the setting to one with it, and back."""
+    engine, now = live()
+    log = engine.checkpoint().records
+    engine.apply(event("c", 6, "turn"), 6, now)
+    log += engine.checkpoint().records
+    compat = restore(log, COMPAT)
+    records = compat.checkpoint().records  # Unchanged since the restore, rewritten all the same.
+    assert [(k, (v or b"-")[:1]) for k, v in records] == [
+        (b"c", b"P"),
+        (changelog.segment_key("c", 0), b"-"),
+        (changelog.segment_key("c", 1), b"-"),
+    ]
+    log += records
+    assert previous_release_restore(compacted(log)) == snapshot(engine)
+    assert snapshot(restore(log)) == snapshot(engine)
+    assert compat.checkpoint().records == []
+    # Back to a worker without the setting: a new log, the whole history in segment 0.
+    compat.apply(event("c", 7, "turn"), 7, now)
+    engine.apply(event("c", 7, "turn"), 7, now)
+    log += compat.checkpoint().records
+    after = restore(log)
+    after.apply(event("c", 8, "turn"), 8, now)
+    engine.apply(event("c", 8, "turn"), 8, now)
+    records = after.checkpoint().records
+    assert [k for k, _ in records] == [changelog.segment_key("c", 0), b"c"]
+    segment = changelog.decode(records[0][1] or b"")
+    assert isinstance(segment, changelog.Segment)
+    assert (segment.start, len(segment.entries)) == (0, 18)
+    log += records
+    assert snapshot(restore(log)) == snapshot(engine)
+    assert snapshot(restore(compacted(log))) == snapshot(engine)
+
+
+def test_compat_records_are_the_previous_release_s_format():
+    """What the previous release wrote for the same events (fields added since at the end)."""
+    compat, _ = legacy_run(COMPAT)
+    records = dict(compat.checkpoint().records)
+    assert set(records) == {b"open", b"done"}
+    assert records[b"open"][:1] == b"P"
+    assert state.decode_record(records[b"open"]) == state.decode_record(LEGACY_OPEN)
+    assert state.decode_record(records[b"done"]) == state.decode_record(LEGACY_DONE)
+    assert previous_release_restore(list(records.items())) == snapshot(compat)

@@ -147,8 +147,8 @@ def conversation_record(engine: PartitionEngine, cid: str) -> bytes | None:
     conv = engine._open.get(cid)
     if conv is not None:
         return state.encode_record(conv)
-    done = engine._done.get(cid)
-    return done.blob if done is not None else None
+    kept = engine.store.get(cid)
+    return kept.blob if kept is not None else None
 
 
 def through(

@@ -39,6 +39,10 @@ EXPECTED = {
     "ready_check": (Gauge, ("check",)),
     "durable_writes_failed": (Counter, ()),
     "offset_commits_failed": (Counter, ()),
+    "state_retained": (Gauge, ("kind",)),
+    "state_retained_bytes": (Gauge, ("where",)),
+    "state_budget_bytes": (Gauge, ()),
+    "state_evicted": (Counter, ("kind",)),
 }
 
 

@@ -33,6 +33,7 @@ def test_defaults_match_the_operator_interface():
     assert s.conversation_idle_timeout_seconds == 300
     assert s.conversation_max_open_seconds == 3600
     assert s.conversation_state_retention_seconds == 86400
+    assert (s.state_memory_bytes, s.state_dir, s.state_disk_bytes) == (2**28, "", 2**32)
     assert s.http_port == 8080
     assert (s.log_level, s.log_format) == ("info", "json")
     assert s.commit_interval_seconds == 5
@@ -66,6 +67,10 @@ def test_every_field_is_read_from_its_upper_case_variable():
         "CONVERSATION_IDLE_TIMEOUT_SECONDS": "1.5",
         "CONVERSATION_MAX_OPEN_SECONDS": "60",
         "CONVERSATION_STATE_RETENTION_SECONDS": "120",
+        "STATE_MEMORY_BYTES": "2000000",
+        "STATE_DIR": "/var/lib/inkeep-consumer/state",
+        "STATE_DISK_BYTES": "3000000",
+        "STATE_UPGRADE_FROM": "0.1.0",
         "HTTP_PORT": "0",
         "LOG_LEVEL": "DEBUG",
         "LOG_FORMAT": "Console",
@@ -100,6 +105,10 @@ def test_every_field_is_read_from_its_upper_case_variable():
         conversation_idle_timeout_seconds=1.5,
         conversation_max_open_seconds=60,
         conversation_state_retention_seconds=120,
+        state_memory_bytes=2_000_000,
+        state_dir="/var/lib/inkeep-consumer/state",
+        state_disk_bytes=3_000_000,
+        state_upgrade_from="0.1",
         http_port=0,
         log_level="debug",
         log_format="console",
@@ -233,6 +242,7 @@ BAD_VALUES = [
     ("CONVERSATION_IDLE_TIMEOUT_SECONDS", "inf"),
     ("CONVERSATION_MAX_OPEN_SECONDS", "1h"),
     ("CONVERSATION_STATE_RETENTION_SECONDS", "0"),
+    ("STATE_UPGRADE_FROM", "0.2"),
     ("COMMIT_INTERVAL_SECONDS", "-1"),
     ("SHUTDOWN_GRACE_SECONDS", "soon"),
     ("INKEEP_REQUEST_TIMEOUT_SECONDS", "0"),

@@ -90,6 +90,24 @@ floats, which would otherwise print as 1.048576e+06.
 {{- if eq (float64 .) (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
 {{- end }}
 
+{{/*
+A Kubernetes quantity ("2Gi", "512Mi", "4G", "1000") in bytes.
+*/}}
+{{- define "consumer.bytes" -}}
+{{- $quantity := toString . -}}
+{{- $units := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $number := regexFind "^[0-9]+([.][0-9]+)?" $quantity -}}
+{{- $unit := trimPrefix $number $quantity -}}
+{{- if or (not $number) (and $unit (not (hasKey $units $unit))) -}}
+{{- fail (printf "cannot read %q as a quantity of bytes" $quantity) -}}
+{{- end -}}
+{{- mulf $number (ternary (get $units $unit) 1 (ne $unit "")) | int64 -}}
+{{- end }}
+
+{{- define "consumer.stateDir" -}}
+/var/lib/inkeep-consumer/state
+{{- end }}
+
 {{- define "consumer.caPath" -}}
 /etc/inkeep-consumer/kafka-ca/{{ .Values.kafka.caCert.key }}
 {{- end }}
