@@ -324,6 +324,11 @@ _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 """A string, or an unterminated one up to the end: every quote starts a match, so linear."""
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_DIGITS_AS_NINE = bytes.maketrans(b"012345678", b"999999999")
+_LONG_NUMBER = b"9" * len(str(MAX_INT))
+"""As many digits as 2**63 has: no shorter integer can leave 64 bits."""
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _OUT_OF_RANGE = re.compile(r"Expected `\w+` [<>]=? |out of range")
 
 
@@ -333,12 +338,34 @@ def decode_event(data: bytes | bytearray | memoryview) -> Event:
     Every bound of the contract is checked here, once, so that nothing downstream
     (state, fit, encoding, checkpoints) meets data it cannot handle. No other
     exception leaves this function, whatever the bytes.
+
+    The depth bound is checked before msgspec parses anything deeper than it: a
+    record with few brackets cannot be deep; otherwise a cheaper scan, exact for
+    valid JSON, screens it, and msgspec's answer says whether it was valid JSON.
+    Should msgspec refuse it, the exact scan decides first, as if it had run
+    before: so every record gets the same answer as with the exact scan alone.
     """
     raw = bytes(data)
-    _check_depth(raw)
+    brackets = raw.count(b"[") + raw.count(b"{")
+    exact = brackets <= MAX_DEPTH or _screen_depth(raw)
     try:
         event = _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        if not exact:
+            _check_depth(raw)
+        raise _refused(exc) from None
+    if brackets <= MAX_FREE_DEPTH + 1 and _LONG_NUMBER not in raw.translate(_DIGITS_AS_NINE):
+        # Too few brackets for a free-form value to nest too deep (it sits inside the
+        # top object), and no integer long enough to leave 64 bits: the walk would pass.
+        _check_year(event)
+    else:
+        _check_values(event)
+    return event
+
+
+def _refused(exc: Exception) -> InvalidEvent:
+    """What msgspec's refusal of a record means in the contract's words."""
+    if isinstance(exc, msgspec.ValidationError):
         reason = str(exc)
         if "`$.event_type`" in reason:
             kind = "unknown_event_type"
@@ -346,15 +373,25 @@ def decode_event(data: bytes | bytearray | memoryview) -> Event:
             kind = "out_of_range"
         else:
             kind = "schema"
-        raise InvalidEvent(kind, reason) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent("not_json", str(exc)) from None
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent("not_utf8", f"invalid UTF-8 in a string: {exc.reason}") from None
-    except RecursionError:
-        raise InvalidEvent("too_deep", "nesting too deep to decode") from None
-    _check_values(event)
-    return event
+        return InvalidEvent(kind, reason)
+    if isinstance(exc, UnicodeDecodeError):
+        return InvalidEvent("not_utf8", f"invalid UTF-8 in a string: {exc.reason}")
+    if isinstance(exc, RecursionError):
+        return InvalidEvent("too_deep", "nesting too deep to decode")
+    return InvalidEvent("not_json", str(exc))
+
+
+def _screen_depth(raw: bytes) -> bool:
+    """Refuses what is surely too deep; True when the exact answer is already known.
+
+    False says only that the record is not too deep if it is valid JSON. Without an
+    escaped quote the exact scan is as cheap, so it runs instead. For records with
+    more brackets than `MAX_DEPTH` (fewer cannot be too deep).
+    """
+    if b'\\"' in raw and _valid_nesting(raw) <= MAX_DEPTH:
+        return False
+    _check_depth(raw)
+    return True
 
 
 def _check_depth(raw: bytes) -> None:
@@ -364,6 +401,19 @@ def _check_depth(raw: bytes) -> None:
     depth = nesting(raw)
     if depth > MAX_DEPTH:
         raise InvalidEvent("too_deep", f"nesting {depth} deep, over {MAX_DEPTH}")
+
+
+def _valid_nesting(raw: bytes) -> int:
+    """`nesting(raw)` when `raw` is valid JSON (a backslash only ever inside a string).
+
+    Escape pairs go first, so every quote left delimits a string; then only quotes
+    and brackets are kept, which makes the rest of the scan short.
+    """
+    if b"\\" in raw:
+        raw = _ESCAPE.sub(b"", raw)
+    compact = raw.translate(None, _NOT_STRUCTURE)
+    outside = b"".join(compact.split(b'"')[::2])
+    return max(accumulate(memoryview(outside.translate(_STEP)).cast("b")), default=0)
 
 
 def nesting(raw: bytes) -> int:
@@ -380,12 +430,16 @@ def nesting(raw: bytes) -> int:
 
 def _check_values(event: Event) -> None:
     """The bounds msgspec cannot state: years, and what free-form fields may hold."""
+    _check_year(event)
+    _check_free(_free_values(event))
+
+
+def _check_year(event: Event) -> None:
     year = event.occurred_at.year
     if not MIN_YEAR <= year <= MAX_YEAR:
         raise InvalidEvent(
             "out_of_range", f"occurred_at year {year} is outside {MIN_YEAR}..{MAX_YEAR}"
         )
-    _check_free(_free_values(event))
 
 
 def _free_values(event: Event) -> list[Any]:
@@ -407,37 +461,51 @@ def _free_values(event: Event) -> list[Any]:
 
 
 def _completion_free(event: ChatCompletion) -> list[Any]:
+    """The free-form values present (not None), in the order the walk has always taken them.
+
+    A full history re-sends every message, so this loop runs over hundreds of them.
+    """
     free: list[Any] = []
+    add = free.append
     response = event.response
-    messages = event.request.messages
+    replies: list[Message] = []
     if response is not None:
         free += [response.usage, response.prompt_filter_results]
         free += [choice.content_filter_results for choice in response.choices]
-        messages = messages + [choice.message for choice in response.choices if choice.message]
-    for message in messages:
-        free += (message.annotations, message.reasoning, message.content_filter_results)
-        parts = message.content
-        if isinstance(parts, list):
-            for part in parts:
-                free += (part.input_audio, part.file)
-        for call in message.tool_calls or ():
-            free.append(call.custom)
+        replies = [choice.message for choice in response.choices if choice.message]
+    for messages in (event.request.messages, replies):
+        for message in messages:
+            if message.annotations is not None:
+                add(message.annotations)
+            if message.reasoning is not None:
+                add(message.reasoning)
+            if message.content_filter_results is not None:
+                add(message.content_filter_results)
+            parts = message.content
+            if parts.__class__ is list:
+                for part in parts:
+                    free += (part.input_audio, part.file)
+            calls = message.tool_calls
+            if calls:
+                free += [call.custom for call in calls]
     return free
 
 
 def _check_free(values: list[Any]) -> None:
     """Walks free-form values (an explicit stack, no recursion) for depth and 64-bit integers."""
     stack = [(value, 1) for value in values if value is not None]
+    containers = (dict, list)
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict | list):
+        if isinstance(value, containers):
             if depth > MAX_FREE_DEPTH:
                 raise InvalidEvent(
                     "too_deep", f"a free-form field nests over {MAX_FREE_DEPTH} deep"
                 )
-            items = value.values() if isinstance(value, dict) else value
-            stack += [(item, depth + 1) for item in items]
-        elif isinstance(value, int) and not -MAX_INT <= value < MAX_INT:
+            items = value.values() if value.__class__ is dict else value
+            depth += 1
+            stack += [(item, depth) for item in items]
+        elif value.__class__ is int and not -MAX_INT <= value < MAX_INT:
             raise InvalidEvent("out_of_range", f"an integer of {value.bit_length()} bits, over 64")
 
 

@@ -28,13 +28,15 @@ _encoder = msgspec.json.Encoder()
 
 
 def fit(
-    conversation: payload.Conversation, max_bytes: int
+    conversation: payload.Conversation, max_bytes: int, body: bytes | None = None
 ) -> tuple[payload.Conversation, bytes, bool]:
     """Returns the conversation, its body within `max_bytes`, and whether anything was cut.
 
+    `body` is `payload.encode(conversation)` when the caller has it already.
     Raises `CannotFit` when even cutting every cuttable string cannot fit it.
     """
-    body = payload.encode(conversation)
+    if body is None:
+        body = payload.encode(conversation)
     if len(body) <= max_bytes:
         return conversation, body, False
     measure = _Cutter(None)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Self
 
 import aiohttp
 import structlog
+from prometheus_client import Counter
 
 from consumer import errors, metrics, payload
 from consumer.fit import fit
@@ -204,6 +205,8 @@ class Sink:
         self._random = random.Random()  # noqa: S311 - jitter, not secrecy.
         self._session: aiohttp.ClientSession | None = None
         self._on_answer = on_answer
+        self._answers: dict[str, Counter] = {}
+        """`api_requests` by answer label, looked up once per label rather than per answer."""
         self._auth_ok = asyncio.Event()
         self._auth_ok.set()
         self._auth_changed = 0.0
@@ -258,7 +261,9 @@ class Sink:
         """
         await self.start()
         url = f"{self._base}{path}"
-        bound = log.bind(conversation_id=conversation.id if conversation else None, path=path)
+        # Keyword context, not log.bind(): binding costs on every delivery, even when
+        # the debug lines below are filtered out.
+        about = {"conversation_id": conversation.id if conversation else None, "path": path}
         shrunk = False
         if len(body) > self._max_body_bytes:
             refit = self._refit(conversation, self._max_body_bytes)
@@ -274,32 +279,32 @@ class Sink:
             answer = await self._send(url, body)
             error = self._judge(answer)
             if error is None:
-                bound.debug("delivered", attempts=attempts, bytes=len(body))
+                log.debug("delivered", **about, attempts=attempts, bytes=len(body))
                 status = answer.status or 0
                 return Delivery(Outcome.ACKED, status, answer.answer, attempts, body, shrunk)
             if error.status == 409:
                 conflicts += 1
             if not error.retriable or conflicts >= MAX_CONFLICTS:
-                bound.debug("api_refused_body", status=error.status, attempts=attempts)
-                bound.debug("api_refusal_answer", answer=answer.answer[:2000])
+                log.debug("api_refused_body", **about, status=error.status, attempts=attempts)
+                log.debug("api_refusal_answer", **about, answer=answer.answer[:2000])
                 status = error.status or 0
                 return Delivery(Outcome.REJECTED, status, answer.answer, attempts, body, shrunk)
             metrics.api_retries.labels(reason=_retry_reason(error, answer.label)).inc()
             if isinstance(error, errors.BodyTooLarge):
                 refit = self._refit(conversation, min(self._max_body_bytes, len(body) * 3 // 4))
                 if refit is None:
-                    bound.warning("the body cannot be cut small enough", bytes=len(body))
+                    log.warning("the body cannot be cut small enough", **about, bytes=len(body))
                     return Delivery(Outcome.REJECTED, 413, answer.answer, attempts, body, shrunk)
                 conversation, body = refit
                 shrunk = True
-                bound.info("the API found the body too large; cut further", bytes=len(body))
+                log.info("the API found the body too large; cut further", **about, bytes=len(body))
                 continue
             auth = isinstance(error, errors.AuthFailed)
             delay = self._backoff(failures, auth=auth)
             if isinstance(error, errors.RateLimited) and error.wait is not None:
                 delay = max(delay, error.wait)
             failures += 1
-            bound.debug("retrying", status=error.status, reason=answer.label, delay=delay)
+            log.debug("retrying", **about, status=error.status, reason=answer.label, delay=delay)
             await self._pause(delay, auth=auth)
 
     async def _pause(self, delay: float, *, auth: bool) -> None:
@@ -360,7 +365,10 @@ class Sink:
             error: errors.SinkError | None = errors.TransientError(answer.label)
         else:
             error = classify(answer.status, answer.answer, answer.retry_after)
-        metrics.api_requests.labels(status=answer.label).inc()
+        counter = self._answers.get(answer.label)
+        if counter is None:
+            counter = self._answers[answer.label] = metrics.api_requests.labels(status=answer.label)
+        counter.inc()
         # Per answer; readiness judges it over a window (health.Reachability), which logs.
         self.reachable = answer.status is not None and answer.status < 500
         if self._on_answer is not None:

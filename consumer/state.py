@@ -266,6 +266,7 @@ def plan_completion(
     reply = response.choices[0] if response is not None and response.choices else None
     answer = reply.message if reply is not None else None
     pointer: int | None = None
+    request: _Request | None = None
     if event.history == "delta":
         planned = [(_entry(message, occurred), fingerprint(message)) for message in messages]
     else:
@@ -276,7 +277,7 @@ def plan_completion(
         return planned
     if pointer is not None and _same(answer, state.entries[pointer]):
         return planned
-    mark = fingerprint(answer)
+    mark = fingerprint(answer) if request is None else request.reply_mark(answer)
     if pointer is not None and state.fingerprints[pointer] == mark:
         return planned
     created = (
@@ -323,7 +324,7 @@ class _Request:
     their shape: indexes of the known fingerprints are built once, when first needed.
     """
 
-    __slots__ = ("_positions", "_set", "entries", "known", "marks", "messages")
+    __slots__ = ("_positions", "_reply_mark", "_set", "entries", "known", "marks", "messages")
 
     def __init__(
         self, messages: list[events.Message], entries: list[Entry], known: list[int]
@@ -334,13 +335,14 @@ class _Request:
         self.marks: list[int | None] = [None] * len(messages)
         self._set: set[int] | None = None
         self._positions: dict[int, list[int]] | None = None
+        self._reply_mark: int | None = None
 
     def plan(self, reply: events.Message | None) -> tuple[list[int], int | None]:
         """Indexes of the messages to append, and where the walk stopped if inside the history."""
         tail = self.aligned_tail()
         if tail is None:
             return self.walk()
-        if reply is not None and fingerprint(reply) in self.known_set():
+        if reply is not None and self.reply_mark(reply) in self.known_set():
             added, pointer = self.walk()
             if not added and pointer is not None and self._resent(reply, pointer):
                 return [], pointer
@@ -349,7 +351,13 @@ class _Request:
         return [*fresh, *range(stop, len(self.messages))], None
 
     def _resent(self, reply: events.Message, pointer: int) -> bool:
-        return _same(reply, self.entries[pointer]) or self.known[pointer] == fingerprint(reply)
+        return _same(reply, self.entries[pointer]) or self.known[pointer] == self.reply_mark(reply)
+
+    def reply_mark(self, reply: events.Message) -> int:
+        """The reply's fingerprint, computed once whichever step needs it first."""
+        if self._reply_mark is None:
+            self._reply_mark = fingerprint(reply)
+        return self._reply_mark
 
     def walk(self) -> tuple[list[int], int | None]:
         """The general alignment: each message is found at or after the pointer, or is new."""
@@ -451,9 +459,31 @@ class _Request:
         return None
 
     def _start(self, stop: int, start: int) -> int:
-        """Extends a match of messages `start:stop` with the end of the known history backwards."""
+        """Extends a match of messages `start:stop` with the end of the known history backwards.
+
+        The whole known part of a growing history is walked here at every event, so
+        `_same` is inlined: the same test, without two calls per message.
+        """
         shift = len(self.known) - stop
-        while start > 0 and start + shift > 0 and self.matches(start - 1, start - 1 + shift):
+        lowest = max(0, -shift)
+        messages, entries = self.messages, self.entries
+        while start > lowest:
+            message = messages[start - 1]
+            entry = entries[start - 1 + shift]
+            content = message.content
+            properties = entry.properties
+            if not (
+                isinstance(content, str)
+                and content == entry.content
+                and message.role == entry.role
+                and message.tool_call_id == entry.tool_call_id
+                and message.name == entry.name
+                and not message.tool_calls
+                and entry.tool_calls is None
+                and message.function_call is None
+                and (properties is None or _NOT_PLAIN.isdisjoint(properties))
+            ) and not self.matches(start - 1, start - 1 + shift):
+                break
             start -= 1
         return start
 
@@ -480,6 +510,10 @@ class _Request:
         return k
 
 
+_NOT_PLAIN = frozenset(("refusal", "function_call", "audio"))
+"""Properties whose entry `_same` leaves to the fingerprint."""
+
+
 def _same(message: events.Message, entry: Entry) -> bool:
     """True only if `entry` was made from a message with the fingerprint of `message`.
 
@@ -499,14 +533,7 @@ def _same(message: events.Message, entry: Entry) -> bool:
         and not message.tool_calls
         and entry.tool_calls is None
         and message.function_call is None
-        and (
-            properties is None
-            or (
-                "refusal" not in properties
-                and "function_call" not in properties
-                and "audio" not in properties
-            )
-        )
+        and (properties is None or _NOT_PLAIN.isdisjoint(properties))
     )
 
 
@@ -534,81 +561,159 @@ def merge_meta(meta: Meta, update: events.ConversationMeta) -> None:
             meta.tags = known + new
 
 
-def to_payload(state: ConversationState) -> payload.Conversation:
-    """The request body for the whole known history.
+def to_payload(state: ConversationState, body: Body | None = None) -> payload.Conversation:
+    """The request body for the whole known history (see `Body`).
+
+    Pass the conversation's `Body` from an earlier flush to fold only what was
+    appended since.
+    """
+    if body is None:
+        body = Body(state.id)
+    return body.conversation(state)
+
+
+class Body:
+    """A conversation's request body, kept up to date as its history grows.
 
     Tool and function results have no role in the API: they go into
     `properties.tool_results` of the assistant message that asked for them, else of
     the nearest preceding assistant message, else of the nearest preceding message,
     else of a system message that names them. Each choice depends only on earlier
-    messages, so a message once logged is logged the same way in every later flush.
+    messages, so a message once logged is logged the same way in every later flush,
+    and the history is append-only: so each logged message is built and encoded
+    once, and again only when a later tool result is folded into it. A message is
+    never changed in place (a folded result replaces it), so a `Conversation` handed
+    out earlier (a flush in flight) stays as it was.
     """
-    prefix = message_id_prefix(state.id)
-    out: list[payload.OutMessage] = []
-    by_call: dict[str, payload.OutMessage] = {}
-    by_function: dict[str, payload.OutMessage] = {}
-    results: dict[int, list[Any]] = {}
-    last_assistant: payload.OutMessage | None = None
-    for ordinal, entry in enumerate(state.entries):
+
+    __slots__ = (
+        "_by_call",
+        "_by_function",
+        "_fragments",
+        "_last_assistant",
+        "_messages",
+        "_prefix",
+        "_results",
+        "folded",
+    )
+
+    def __init__(self, conversation_id: str) -> None:
+        self._prefix = message_id_prefix(conversation_id)
+        self._messages: list[payload.OutMessage] = []
+        self._fragments: list[bytes] = []
+        """Each message's JSON; empty while it is to be encoded (anew)."""
+        self._by_call: dict[str, int] = {}
+        self._by_function: dict[str, int] = {}
+        self._results: dict[int, list[Any]] = {}
+        self._last_assistant: int | None = None
+        self.folded = 0
+        """How many entries of the history are folded in."""
+
+    def conversation(self, state: ConversationState) -> payload.Conversation:
+        """The body of the whole known history, as `payload.Conversation`."""
+        entries = state.entries
+        if len(entries) < self.folded:
+            raise StateError(f"the history of conversation {state.id!r} shrank: it is append-only")
+        for ordinal in range(self.folded, len(entries)):
+            self._fold(ordinal, entries[ordinal])
+        self.folded = len(entries)
+        meta = state.meta
+        return payload.Conversation(
+            id=state.id,
+            type="openai",
+            messages=list(self._messages),
+            created_at=state.created_at,
+            updated_at=state.updated_at,
+            external_id=meta.external_id,
+            external_url=meta.external_url,
+            project_id=meta.project_id,
+            integration_id=meta.integration_id,
+            support_ticket_conversation_id=meta.support_ticket_conversation_id,
+            properties=meta.properties,
+            user_properties=meta.user_properties,
+            tags=meta.tags,
+            visibility=meta.visibility,  # type: ignore[arg-type]
+        )
+
+    def encode(self, conversation: payload.Conversation, *, keep: bool = True) -> bytes:
+        """`payload.encode(conversation)`, byte for byte, for a `conversation()` of this body.
+
+        The messages come from their cached encodings; the rest is encoded anew.
+        Without `keep` (a body used once), it is encoded whole, in one call.
+        """
+        messages = self._messages
+        fragments = self._fragments
+        if len(conversation.messages) != len(messages):
+            raise ValueError("the conversation is not the latest one this body built")
+        if not keep:
+            return _message_encoder.encode(conversation)
+        for index, fragment in enumerate(fragments):
+            if not fragment:
+                fragments[index] = _message_encoder.encode(messages[index])
+        top = _message_encoder.encode(msgspec.structs.replace(conversation, messages=[]))
+        head, found, tail = top.partition(_EMPTY_MESSAGES)
+        if not found:
+            raise ValueError("no message list in the encoded conversation")
+        return b"".join((head, b'"messages":[', b",".join(fragments), b"]", tail))
+
+    def _fold(self, ordinal: int, entry: Entry) -> None:
+        messages = self._messages
         if entry.role in ("tool", "function"):
             if entry.role == "tool":
-                target = by_call.get(entry.tool_call_id or "")
+                target = self._by_call.get(entry.tool_call_id or "")
                 result = {"tool_call_id": entry.tool_call_id, "content": _builtin(entry.content)}
                 label = f"[tool result: {entry.tool_call_id}]"
             else:
-                target = by_function.get(entry.name or "")
+                target = self._by_function.get(entry.name or "")
                 result = {"name": entry.name, "content": _builtin(entry.content)}
                 label = f"[function result: {entry.name}]"
-            target = target or last_assistant or (out[-1] if out else None)
             if target is None:
-                target = payload.OutMessage(
-                    id=f"{prefix}{ordinal}",
-                    role="system",
-                    content=label,
-                    created_at=entry.created_at,
+                target = self._last_assistant
+            if target is None and messages:
+                target = len(messages) - 1
+            if target is None:
+                messages.append(
+                    payload.OutMessage(
+                        id=f"{self._prefix}{ordinal}",
+                        role="system",
+                        content=label,
+                        created_at=entry.created_at,
+                    )
                 )
-                out.append(target)
-            bucket = results.get(id(target))
-            if bucket is None:
-                bucket = results[id(target)] = []
-                target.properties = {**(target.properties or {}), "tool_results": bucket}
-            bucket.append(result)
-            continue
+                self._fragments.append(b"")
+                target = len(messages) - 1
+            bucket = [*self._results.get(target, ()), result]
+            self._results[target] = bucket
+            current = messages[target]
+            properties = {**(current.properties or {}), "tool_results": bucket}
+            messages[target] = msgspec.structs.replace(current, properties=properties)
+            self._fragments[target] = b""
+            return
         role = "system" if entry.role == "developer" else entry.role
-        message = payload.OutMessage(
-            id=f"{prefix}{ordinal}",
-            role=role,  # type: ignore[arg-type]
-            content=entry.content,
-            created_at=entry.created_at,
-            name=entry.name,
-            tool_calls=entry.tool_calls,
-            properties=entry.properties,
+        messages.append(
+            payload.OutMessage(
+                id=f"{self._prefix}{ordinal}",
+                role=role,  # type: ignore[arg-type]
+                content=entry.content,
+                created_at=entry.created_at,
+                name=entry.name,
+                tool_calls=entry.tool_calls,
+                properties=entry.properties,
+            )
         )
-        out.append(message)
+        self._fragments.append(b"")
         if role == "assistant":
-            last_assistant = message
+            index = len(messages) - 1
+            self._last_assistant = index
             for call in entry.tool_calls or ():
-                by_call[call.id] = message
+                self._by_call[call.id] = index
             legacy = (entry.properties or {}).get("function_call")
             if legacy is not None:
-                by_function[legacy["name"]] = message
-    meta = state.meta
-    return payload.Conversation(
-        id=state.id,
-        type="openai",
-        messages=out,
-        created_at=state.created_at,
-        updated_at=state.updated_at,
-        external_id=meta.external_id,
-        external_url=meta.external_url,
-        project_id=meta.project_id,
-        integration_id=meta.integration_id,
-        support_ticket_conversation_id=meta.support_ticket_conversation_id,
-        properties=meta.properties,
-        user_properties=meta.user_properties,
-        tags=meta.tags,
-        visibility=meta.visibility,  # type: ignore[arg-type]
-    )
+                self._by_function[legacy["name"]] = index
+
+
+_message_encoder = msgspec.json.Encoder()
+_EMPTY_MESSAGES = b'"messages":[]'
 
 
 def _entry(
