@@ -1,4 +1,4 @@
-"""History alignment alone: `state.plan_completion` over the long workload's events.
+"""History alignment alone: `merge.plan_completion` over the long workload's events.
 
     .venv/bin/python bench/align.py
 
@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.engine import SHAPES  # noqa: E402
-from consumer import events, state  # noqa: E402
+from consumer import events, merge, state  # noqa: E402
 from consumer.engine import EngineConfig, PartitionEngine  # noqa: E402
 from consumer.testing import workload  # noqa: E402
 
@@ -46,7 +46,7 @@ def main() -> None:
                 entries=conv.entries[:count],
                 fingerprints=conv.fingerprints[:count],
             )
-            state.plan_completion(before, event, occurred)
+            merge.plan_completion(before, event, occurred)
         best = min(best, time.process_time() - began)
     print(f"{len(cases):,} completions: {best / len(cases) * 1e6:.1f} us each")
 

@@ -21,18 +21,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.engine import SHAPES  # noqa: E402
-from consumer import events, payload, state  # noqa: E402
+from consumer import events, payload, state, upsert  # noqa: E402
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Trigger  # noqa: E402
 from consumer.fit import fit  # noqa: E402
 from consumer.testing import workload  # noqa: E402
 
 
 def build_once(conv: state.ConversationState) -> bytes:
-    body_of = getattr(state, "Body", None)
-    if body_of is None:  # the code before bodies were kept
-        return fit(state.to_payload(conv), payload.MAX_BODY_BYTES)[1]
-    body = body_of(conv.id)
-    whole = state.to_payload(conv, body)
+    body = upsert.Body(conv.id)
+    whole = upsert.to_payload(conv, body)
     return fit(whole, payload.MAX_BODY_BYTES, body.encode(whole))[1]
 
 

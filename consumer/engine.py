@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from consumer import changelog, events, feedback, payload, responses, state
+from consumer import changelog, events, feedback, merge, payload, responses, state, upsert
 from consumer.errors import CannotFit, InvalidEvent, StateError, StoreError
 from consumer.fit import fit
 from consumer.store import MemoryStore, Retained, Store
@@ -203,7 +203,7 @@ class PartitionEngine:
         self._held: dict[str, None] = {}
         """Conversations with a flush in flight or pending."""
         self._changed: dict[str, None] = {}
-        self._bodies: dict[str, tuple[state.ConversationState, state.Body]] = {}
+        self._bodies: dict[str, tuple[state.ConversationState, upsert.Body]] = {}
         """The body of each conversation flushed while it stays open, for its next flush."""
         self._logs: dict[str, _Log] = {}
         """The state-topic log of each conversation that has one not yet consolidated."""
@@ -691,7 +691,7 @@ class PartitionEngine:
         if conv.updated_at is None or occurred > conv.updated_at:
             conv.updated_at = occurred
         if event.conversation is not None:
-            state.merge_meta(conv.meta, event.conversation)
+            merge.merge_meta(conv.meta, event.conversation)
         conv.dirty = True
         if conv.unacked_from is None:
             conv.unacked_from = offset
@@ -729,8 +729,8 @@ class PartitionEngine:
         self._held.pop(cid, None)
         body_of = self._bodies.get(cid)
         if body_of is None or body_of[0] is not conv:
-            body_of = (conv, state.Body(cid))
-        whole = state.to_payload(conv, body_of[1])
+            body_of = (conv, upsert.Body(cid))
+        whole = upsert.to_payload(conv, body_of[1])
         count = len(whole.messages)
         if count == 0:
             conv.unacked_from = None
@@ -779,7 +779,7 @@ class PartitionEngine:
         return [refusal, *self._pump(conv, now)]
 
     def _keep_body(
-        self, conv: state.ConversationState, body_of: tuple[state.ConversationState, state.Body]
+        self, conv: state.ConversationState, body_of: tuple[state.ConversationState, upsert.Body]
     ) -> None:
         """Keeps the body of a conversation that stays open, so its next flush adds to it.
 
@@ -1071,10 +1071,10 @@ def _plan(
 ) -> list[tuple[state.Entry, int]]:
     """The entries (with fingerprints) an event adds to the conversation, nothing changed yet."""
     if isinstance(event, events.ChatCompletion):
-        return state.plan_completion(conv, event, occurred)
+        return merge.plan_completion(conv, event, occurred)
     if isinstance(event, events.ResponseEvent):
         completion = responses.to_completion(event, responses.last_instructions(conv))
-        return state.plan_completion(conv, completion, occurred)
+        return merge.plan_completion(conv, completion, occurred)
     return []
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from consumer import events, payload, state
+from consumer import events, payload, state, upsert
 
 
 class NoticeKind(enum.StrEnum):
@@ -70,7 +70,7 @@ def resolve(conv: state.ConversationState, completion_id: str) -> tuple[str, int
     (Responses API). The first match wins, so the answer never changes as the
     history grows.
     """
-    for position, message in enumerate(state.to_payload(conv).messages):
+    for position, message in enumerate(upsert.to_payload(conv).messages):
         props = message.properties
         if (
             message.role == "assistant"

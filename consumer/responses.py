@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from consumer import events, state
+from consumer import events, merge, state
 
 INSTRUCTIONS = "instructions"
 """The `source` property of a system message made from a call's `instructions`."""
@@ -36,7 +36,7 @@ _json = msgspec.json.Encoder(order="sorted")
 
 def apply(conv: state.ConversationState, event: events.ResponseEvent, occurred: datetime) -> None:
     """Applies a Responses API call as the chat completion it amounts to."""
-    state.apply_completion(conv, to_completion(event, last_instructions(conv)), occurred)
+    merge.apply_completion(conv, to_completion(event, last_instructions(conv)), occurred)
 
 
 def history(event: events.ResponseEvent) -> Literal["full", "delta"]:

@@ -10,7 +10,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer import events, payload, state
+from consumer import events, payload, state, upsert
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Trigger
 from consumer.fit import fit
 
@@ -161,13 +161,13 @@ def test_the_body_grown_flush_by_flush_is_the_body_built_at_once(steps: Any):
     """Random histories (tool and function results folded back into earlier messages,
     results with no caller, developer messages), flushed after every few entries."""
     conv = state.ConversationState(id='c "1"', opened_at=0.0, last_event_at=0.0)
-    body = state.Body(conv.id)
+    body = upsert.Body(conv.id)
     handed_out: list[tuple[payload.Conversation, bytes]] = []
     for added, meta in steps:
         conv.entries += added
         conv.meta = meta
         conv.created_at = WHEN
-        whole = state.to_payload(conv, body)
+        whole = upsert.to_payload(conv, body)
         encoded = body.encode(whole)
         expected = reference(conv)
         assert whole == expected

@@ -26,10 +26,10 @@ _ids = count()
 SYSTEM = {"role": "system", "content": "You answer questions about Acme's docs."}
 
 
-
 def in_flight(engine: PartitionEngine) -> int:
     """Conversations with a flush out, read from the engine's bookkeeping."""
     return sum(1 for cid in engine._held if engine._open[cid].in_flight)
+
 
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}

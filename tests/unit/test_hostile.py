@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer import events, payload, state
+from consumer import events, merge, payload, state, upsert
 from consumer.engine import EngineConfig, Flush, PartitionEngine, Trigger
 from consumer.errors import InvalidEvent
 
@@ -475,7 +475,7 @@ def test_a_failure_while_planning_leaves_the_conversation_as_it_was(monkeypatch)
     def broken(*_: object) -> None:
         raise ValueError("boom")
 
-    monkeypatch.setattr(state, "_reply_properties", broken)
+    monkeypatch.setattr(merge, "_reply_properties", broken)
     with pytest.raises(InvalidEvent) as caught:
         engine.apply(
             completion("e2", [user("hi"), assistant("hello"), user("more")], "sure"), 1, 2.0
@@ -499,7 +499,7 @@ def test_a_failure_after_the_change_began_puts_everything_back(monkeypatch):
     def broken(*_: object) -> None:
         raise OverflowError("boom")
 
-    monkeypatch.setattr(state, "to_payload", broken)
+    monkeypatch.setattr(upsert, "to_payload", broken)
     with pytest.raises(InvalidEvent, match="OverflowError"):
         engine.apply(ended("end"), 1, 2.0)
     assert conversation_record(engine, "c") == before
@@ -522,7 +522,7 @@ def test_a_failed_continuation_leaves_the_completed_conversation_completed(monke
     def broken(*_: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(state, "merge_meta", broken)
+    monkeypatch.setattr(merge, "merge_meta", broken)
     with pytest.raises(InvalidEvent):
         engine.apply(completion("e2", [user("hi"), assistant("hello"), user("more")], "ok"), 2, 4.0)
     assert engine.open_count == 0
@@ -566,7 +566,7 @@ def chat(
 def seconds(known: list[dict[str, Any]], request: list[dict[str, Any]]) -> float:
     """The best of three timings of one `full` event against a history of `known`."""
     conv = state.ConversationState(id="c", opened_at=0.0, last_event_at=0.0)
-    state.apply_completion(conv, chat(known, "delta"), MOMENT)
+    merge.apply_completion(conv, chat(known, "delta"), MOMENT)
     del conv.entries[-1], conv.fingerprints[-1]
     record = state.encode_record(conv)
     event = chat(request, "full")
@@ -575,7 +575,7 @@ def seconds(known: list[dict[str, Any]], request: list[dict[str, Any]]) -> float
         fresh = state.decode_record(record)
         assert isinstance(fresh, state.ConversationState)
         began = time.perf_counter()
-        state.apply_completion(fresh, event, MOMENT)
+        merge.apply_completion(fresh, event, MOMENT)
         best = min(best, time.perf_counter() - began)
     return best
 

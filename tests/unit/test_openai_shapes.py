@@ -19,7 +19,7 @@ from openai.types.chat.chat_completion_audio import ChatCompletionAudio
 from openai.types.chat.chat_completion_message import Annotation, AnnotationURLCitation
 from openai.types.completion_usage import CompletionUsage
 
-from consumer import events, render, state
+from consumer import events, merge, render, state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,9 +108,9 @@ def test_an_assistant_turn_equal_to_a_transcript_is_not_taken_for_the_audio_repl
     conv = state.ConversationState(id="c", opened_at=0, last_event_at=0)
     decoded = events.decode_event(json.dumps(first).encode())
     assert isinstance(decoded, events.ChatCompletion)
-    state.apply_completion(conv, decoded, decoded.occurred_at)
+    merge.apply_completion(conv, decoded, decoded.occurred_at)
     message = msgspec.convert(history[1], events.Message)
-    assert not state._same(message, conv.entries[-1])
+    assert not merge._same(message, conv.entries[-1])
 
 
 def test_url_citations_are_kept_in_properties():
@@ -193,7 +193,7 @@ def test_unknown_reply_fields_stay_ignored():
 )
 def test_fingerprints_of_messages_without_the_new_fields_are_unchanged(message, persisted):
     """Values computed by the worker before contract v1.2: state written then still aligns."""
-    assert state.fingerprint(msgspec.convert(message, events.Message)) == persisted
+    assert merge.fingerprint(msgspec.convert(message, events.Message)) == persisted
 
 
 def test_the_new_fields_leave_a_message_fingerprint_alone():
@@ -206,7 +206,7 @@ def test_the_new_fields_leave_a_message_fingerprint_alone():
         "content_filter_results": {},
         "audio": {"id": "a", "transcript": "t"},
     }
-    assert state.fingerprint(msgspec.convert(rich, events.Message)) == state.fingerprint(
+    assert merge.fingerprint(msgspec.convert(rich, events.Message)) == merge.fingerprint(
         msgspec.convert(plain, events.Message)
     )
 

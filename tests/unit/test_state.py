@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer import events, payload, state
+from consumer import events, merge, payload, state
 from consumer.errors import StateError
 
 
@@ -100,7 +100,7 @@ def test_message_ids_and_event_keys_are_pinned():
 
 def test_fingerprint_is_pinned():
     message = events.Message(role="user", content="How do I rotate an API key?")
-    assert state.fingerprint(message) == 12897306313924542179
+    assert merge.fingerprint(message) == 12897306313924542179
 
 
 def message(**fields: object) -> events.Message:
@@ -137,7 +137,7 @@ def message(**fields: object) -> events.Message:
     ],
 )
 def test_fingerprint_treats_equivalent_forms_as_one(one, other):
-    assert state.fingerprint(message(**one)) == state.fingerprint(message(**other))
+    assert merge.fingerprint(message(**one)) == merge.fingerprint(message(**other))
 
 
 @pytest.mark.parametrize(
@@ -160,14 +160,14 @@ def test_fingerprint_treats_equivalent_forms_as_one(one, other):
     ],
 )
 def test_fingerprint_tells_different_messages_apart(one, other):
-    assert state.fingerprint(message(**one)) != state.fingerprint(message(**other))
+    assert merge.fingerprint(message(**one)) != merge.fingerprint(message(**other))
 
 
 def test_tags_union_in_first_seen_order_and_properties_merge():
     meta = state.Meta()
-    state.merge_meta(meta, events.ConversationMeta(tags=["a", "b", "a"], properties={"x": 1}))
+    merge.merge_meta(meta, events.ConversationMeta(tags=["a", "b", "a"], properties={"x": 1}))
     first_properties = meta.properties
-    state.merge_meta(meta, events.ConversationMeta(tags=["c", "a"], properties={"y": 2}))
+    merge.merge_meta(meta, events.ConversationMeta(tags=["c", "a"], properties={"y": 2}))
     assert meta.tags == ["a", "b", "c"]
     assert meta.properties == {"x": 1, "y": 2}
     assert first_properties == {"x": 1}  # A body already decided keeps what it had.
@@ -261,7 +261,7 @@ def reference(
 
     A request wholly known in order with its reply right after it is a re-sent event
     on either path."""
-    marks = [state.fingerprint(message) for message in messages]
+    marks = [merge.fingerprint(message) for message in messages]
     end = len(known)
     front = 0
     while front < len(messages) and messages[front].role in ("system", "developer"):
@@ -273,7 +273,7 @@ def reference(
         except ValueError:
             added.append(index)
     resent_reply = (
-        reply is not None and pointer < end and known[pointer] == state.fingerprint(reply)
+        reply is not None and pointer < end and known[pointer] == merge.fingerprint(reply)
     )
     for stop in range(len(marks), 0, -1) if end else ():
         if marks[stop - 1] != known[-1]:
@@ -296,11 +296,11 @@ def test_full_history_alignment_appends_what_fingerprinting_every_message_would(
 ):
     """Most known messages are recognised without a fingerprint, and past the first
     candidates the aligned tail comes from a linear search; the result must not change."""
-    state._QUICK_TRIES = quick
+    merge._QUICK_TRIES = quick
     try:
         _align_like_the_reference(data)
     finally:
-        state._QUICK_TRIES = 2
+        merge._QUICK_TRIES = 2
 
 
 def _align_like_the_reference(data: st.DataObject) -> None:
@@ -317,7 +317,7 @@ def _align_like_the_reference(data: st.DataObject) -> None:
         reply = data.draw(st.none() | sent_message("assistant"), label="reply")
         history += [*new, *([reply] if reply is not None else [])]
         if data.draw(st.integers(0, 4), label="delta") == 0:
-            state.apply_completion(conv, chat(new, reply, "delta"), MOMENT)
+            merge.apply_completion(conv, chat(new, reply, "delta"), MOMENT)
             continue
         event = chat(messages, reply, "full")
         choice = event.response.choices[0].message if event.response else None
@@ -325,8 +325,8 @@ def _align_like_the_reference(data: st.DataObject) -> None:
         expected = state.decode_record(state.encode_record(conv))
         assert isinstance(expected, state.ConversationState)
         picked = [messages[index] for index in added]
-        state.apply_completion(
+        merge.apply_completion(
             expected, chat(picked, reply if with_reply else None, "delta"), MOMENT
         )
-        state.apply_completion(conv, event, MOMENT)
+        merge.apply_completion(conv, event, MOMENT)
         assert state.encode_record(conv) == state.encode_record(expected)
