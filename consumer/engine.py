@@ -25,16 +25,16 @@ import msgspec
 from consumer import changelog, events, feedback, merge, payload, responses, state, upsert
 from consumer.errors import CannotFit, InvalidEvent, StateError, StoreError
 from consumer.fit import fit
+from consumer.state import Trigger as Trigger  # noqa: PLC0414 - the engine's vocabulary too
 from consumer.store import MemoryStore, Retained, Store
 
 
-class Trigger(enum.StrEnum):
-    ENDED = "ended"
-    IDLE = "idle"
-    MAX_OPEN = "max_open"
-    REVOKE = "revoke"
-    SHUTDOWN = "shutdown"
-    MEMORY = "memory"
+class RefusalReason(enum.StrEnum):
+    """Why a body must not be sent (the last guard); see `Refusal`."""
+
+    FEWER_MESSAGES = "fewer_messages"
+    HISTORY_EXPIRED = "history_expired"
+    TOO_LARGE = "too_large"
 
 
 _COMPLETING = frozenset((Trigger.ENDED, Trigger.IDLE, Trigger.MEMORY))
@@ -100,7 +100,7 @@ class Refusal(msgspec.Struct, frozen=True):
     body: bytes
     message_count: int
     acknowledged_count: int
-    reason: str = "fewer_messages"
+    reason: RefusalReason = RefusalReason.FEWER_MESSAGES
 
 
 class Notice(msgspec.Struct, frozen=True):
@@ -440,11 +440,11 @@ class PartitionEngine:
     def acknowledged(self, conversation_id: str, seq: int, now: float) -> list[Decision]:
         """The API took flush `seq`; issues the flush that became due meanwhile, if any,
         and the notices whose message the API now holds."""
-        return self._settle(conversation_id, seq, now, acked=True)
+        return self._answered(conversation_id, seq, now, acked=True)
 
     def dead_lettered(self, conversation_id: str, seq: int, now: float) -> list[Decision]:
         """The API refused flush `seq` for good and its body is on the dead-letter topic."""
-        return self._settle(conversation_id, seq, now, acked=False)
+        return self._answered(conversation_id, seq, now, acked=False)
 
     def notice_acknowledged(self, conversation_id: str, offset: int, now: float) -> list[Decision]:
         """The API took the notice from input `offset`; issues the next one when it can go."""
@@ -740,12 +740,12 @@ class PartitionEngine:
         conv.seq += 1
         encoded = body_of[1].encode(whole, keep=not conv.closing)
         self._keep_body(conv, body_of)
-        reason = "history_expired" if conv.partial else "fewer_messages"
+        reason = RefusalReason.HISTORY_EXPIRED if conv.partial else RefusalReason.FEWER_MESSAGES
         if not conv.partial and count >= conv.acked_count:
             try:
                 cut, body, truncated = fit(whole, self._config.max_body_bytes, encoded)
             except CannotFit:
-                reason = "too_large"
+                reason = RefusalReason.TOO_LARGE
             else:
                 conv.in_flight = conv.seq
                 conv.in_flight_trigger = trigger
@@ -796,7 +796,7 @@ class PartitionEngine:
                 cid: kept for cid, kept in self._bodies.items() if opened.get(cid) is kept[0]
             }
 
-    def _settle(self, cid: str, seq: int, now: float, *, acked: bool) -> list[Decision]:
+    def _answered(self, cid: str, seq: int, now: float, *, acked: bool) -> list[Decision]:
         self._assemble()
         conv = self._open.get(cid)
         if conv is None or not conv.in_flight or conv.in_flight != seq:

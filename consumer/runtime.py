@@ -33,10 +33,12 @@ from consumer.engine import (
     NoticeRefusal,
     PartitionEngine,
     Refusal,
+    RefusalReason,
     Trigger,
 )
 from consumer.errors import ConfigError, InvalidEvent
 from consumer.events import Event, decode_event
+from consumer.feedback import Unresolved
 from consumer.health import Health, HealthServer
 from consumer.logs import configure as configure_logs
 from consumer.settings import Settings
@@ -52,22 +54,28 @@ SHUTDOWN_RESERVE_SECONDS = 5.0
 """Part of the grace period kept for writing state and committing after the last flush."""
 
 REFUSALS = {
-    "fewer_messages": (
+    RefusalReason.FEWER_MESSAGES: (
         "not sent: {d.message_count} messages, but the API already holds {d.acknowledged_count} "
         "for this conversation and an upsert would replace them"
     ),
-    "history_expired": (
+    RefusalReason.HISTORY_EXPIRED: (
         "not sent: the conversation continued after its earlier history left the state topic "
         "(CONVERSATION_STATE_RETENTION_SECONDS); an upsert would replace the logged history"
     ),
-    "too_large": "not sent: cannot be cut to fit the API's body limit",
+    RefusalReason.TOO_LARGE: "not sent: cannot be cut to fit the API's body limit",
 }
 
 NOTICE_REFUSALS = {
-    "unknown_conversation": "no conversation {d.conversation_id} is known in this partition",
-    "unknown_completion": "no reply in conversation {d.conversation_id} has this completion_id",
-    "history_expired": "the conversation's history left the state topic; its ids are unknown",
-    "message_not_logged": "the conversation body holding the message was not logged",
+    Unresolved.UNKNOWN_CONVERSATION: (
+        "no conversation {d.conversation_id} is known in this partition"
+    ),
+    Unresolved.UNKNOWN_COMPLETION: (
+        "no reply in conversation {d.conversation_id} has this completion_id"
+    ),
+    Unresolved.HISTORY_EXPIRED: (
+        "the conversation's history left the state topic; its ids are unknown"
+    ),
+    Unresolved.MESSAGE_NOT_LOGGED: "the conversation body holding the message was not logged",
 }
 
 

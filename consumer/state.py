@@ -18,6 +18,7 @@ that needs a new tag.
 
 from __future__ import annotations
 
+import enum
 import zlib
 from collections.abc import Iterable
 from datetime import datetime
@@ -30,6 +31,17 @@ from consumer import payload
 from consumer.errors import StateError
 
 Content = str | list[payload.ContentItem]
+
+
+class Trigger(enum.StrEnum):
+    """What made a flush due; persisted with a flush in flight or pending."""
+
+    ENDED = "ended"
+    IDLE = "idle"
+    MAX_OPEN = "max_open"
+    REVOKE = "revoke"
+    SHUTDOWN = "shutdown"
+    MEMORY = "memory"
 
 
 class Entry(msgspec.Struct, array_like=True, gc=False):
@@ -126,9 +138,9 @@ class ConversationState(msgspec.Struct, array_like=True, tag="c1", gc=False):
     dirty: bool = False
     seq: int = 0
     in_flight: int = 0
-    in_flight_trigger: str | None = None
+    in_flight_trigger: Trigger | None = None
     in_flight_count: int = 0
-    pending: str | None = None
+    pending: Trigger | None = None
     acked_count: int = 0
     unacked_from: int | None = None
     since_issue_from: int | None = None
