@@ -132,7 +132,9 @@ def _summary(emulator: Emulator, record: Path, expected: int, *, done: bool) -> 
     messages = sum(len(c.messages) for c in conversations)
     _say(
         f"{'done' if done else 'stopped'}: the API holds {len(conversations)}/{expected} "
-        f"conversations, {messages} messages, from {len(emulator.accepted)} upserts"
+        f"conversations, {messages} messages, from {len(emulator.accepted)} upserts; "
+        f"{len(emulator.feedback)} ratings and {len(emulator.events)} interactions, each on "
+        "the message it names"
     )
     if conversations:
         first = max(conversations, key=lambda c: len(c.messages))
