@@ -394,7 +394,8 @@ def _entry(
     created: datetime,
     extra: dict[str, Any] | None = None,
 ) -> Entry:
-    properties = dict(extra) if extra else {}
+    """The entry a message becomes; `extra` is a fresh dict the entry's properties grow from."""
+    properties = extra if extra is not None else {}
     if message.role == "developer":
         properties["openai_role"] = "developer"
     content = _content(message.content)
@@ -433,10 +434,14 @@ def _reply_fields(message: events.Message, properties: dict[str, Any]) -> None:
     if message.audio is not None:
         audio = {"id": message.audio.id, "transcript": message.audio.transcript}
         properties["audio"] = {k: v for k, v in audio.items() if v is not None}
-    for field in ("annotations", "reasoning_content", "reasoning", "content_filter_results"):
-        value = getattr(message, field)
-        if value is not None:
-            properties[field] = value
+    if message.annotations is not None:
+        properties["annotations"] = message.annotations
+    if message.reasoning_content is not None:
+        properties["reasoning_content"] = message.reasoning_content
+    if message.reasoning is not None:
+        properties["reasoning"] = message.reasoning
+    if message.content_filter_results is not None:
+        properties["content_filter_results"] = message.content_filter_results
     if isinstance(message, events.ItemMessage) and message.properties:
         properties.update(message.properties)
 
