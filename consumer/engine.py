@@ -374,7 +374,7 @@ class PartitionEngine:
         no other exception leaves this method.
         """
         self._assemble()
-        if isinstance(event, events.Feedback | events.Interaction):
+        if isinstance(event, _NOTICES):
             return self._note(event, offset, now)
         cid = event.conversation_id
         key = state.event_key(event.event_id)
@@ -611,6 +611,7 @@ class PartitionEngine:
 
     def _snapshot(self, conv: state.ConversationState, key: int, *, adopted: bool) -> _Undo:
         cid = conv.id
+        log = self._logs.get(cid)
         return _Undo(
             conv=conv,
             fields=msgspec.structs.replace(conv),
@@ -621,8 +622,8 @@ class PartitionEngine:
             new_key=key not in conv.seen,
             adopted=adopted,
             kept=self._store.get(cid) if adopted else None,
-            log=self._logs.get(cid),
-            unsaved=list(log.unsaved) if (log := self._logs.get(cid)) is not None else None,
+            log=log,
+            unsaved=list(log.unsaved) if log is not None else None,
             active=cid in self._active,
             held=cid in self._held,
             changed=cid in self._changed,
@@ -1064,6 +1065,10 @@ class PartitionEngine:
         record = state.decode_record(blob)
         assert isinstance(record, state.ConversationState)
         return record
+
+
+_NOTICES = (events.Feedback, events.Interaction)
+"""The events that note a request about a conversation rather than extend it."""
 
 
 def _plan(

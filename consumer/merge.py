@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from datetime import UTC, datetime
+from hashlib import blake2b
 from typing import Any
 
 import msgspec
 
 from consumer import events, payload
-from consumer.state import Content, ConversationState, Entry, Meta, hash64
+from consumer.state import Content, ConversationState, Entry, Meta
 
 _fingerprint_encoder = msgspec.msgpack.Encoder(order="sorted")
 _json_encoder = msgspec.json.Encoder(order="sorted")
+_hash = blake2b(digest_size=8)
+"""`state.hash64`, inlined: two or three fingerprints are taken per event."""
 
 
 def fingerprint(message: events.Message) -> int:
@@ -61,7 +64,9 @@ def fingerprint(message: events.Message) -> int:
         message.tool_call_id,
         (legacy.name, legacy.arguments) if legacy is not None else None,
     )
-    return hash64(_fingerprint_encoder.encode(key))
+    digest = _hash.copy()
+    digest.update(_fingerprint_encoder.encode(key))
+    return int.from_bytes(digest.digest(), "little")
 
 
 def apply_completion(
@@ -170,7 +175,7 @@ class _Request:
         tail = self.aligned_tail()
         if tail is None:
             return self.walk()
-        if reply is not None and self.reply_mark(reply) in self.known_set():
+        if reply is not None and self.reply_mark(reply) in self.known:
             added, pointer = self.walk()
             if not added and pointer is not None and self._resent(reply, pointer):
                 return [], pointer
@@ -211,11 +216,27 @@ class _Request:
         return mark
 
     def matches(self, index: int, position: int) -> bool:
-        """Whether message `index` has the fingerprint of known entry `position`."""
+        """Whether message `index` has the fingerprint of known entry `position`.
+
+        Called for most messages of every request, so `_same` is inlined here too.
+        """
         mark = self.marks[index]
         if mark is None:
             message = self.messages[index]
-            if _same(message, self.entries[position]):
+            entry = self.entries[position]
+            content = message.content
+            properties = entry.properties
+            if (
+                isinstance(content, str)
+                and content == entry.content
+                and message.role == entry.role
+                and message.tool_call_id == entry.tool_call_id
+                and message.name == entry.name
+                and not message.tool_calls
+                and entry.tool_calls is None
+                and message.function_call is None
+                and (properties is None or _NOT_PLAIN.isdisjoint(properties))
+            ):
                 return True
             mark = self.marks[index] = fingerprint(message)
         return mark == self.known[position]
@@ -394,7 +415,8 @@ def _entry(
     created: datetime,
     extra: dict[str, Any] | None = None,
 ) -> Entry:
-    properties = dict(extra) if extra else {}
+    """The entry a message becomes; `extra` is a fresh dict the entry's properties grow from."""
+    properties = extra if extra is not None else {}
     if message.role == "developer":
         properties["openai_role"] = "developer"
     content = _content(message.content)
@@ -433,10 +455,14 @@ def _reply_fields(message: events.Message, properties: dict[str, Any]) -> None:
     if message.audio is not None:
         audio = {"id": message.audio.id, "transcript": message.audio.transcript}
         properties["audio"] = {k: v for k, v in audio.items() if v is not None}
-    for field in ("annotations", "reasoning_content", "reasoning", "content_filter_results"):
-        value = getattr(message, field)
-        if value is not None:
-            properties[field] = value
+    if message.annotations is not None:
+        properties["annotations"] = message.annotations
+    if message.reasoning_content is not None:
+        properties["reasoning_content"] = message.reasoning_content
+    if message.reasoning is not None:
+        properties["reasoning"] = message.reasoning
+    if message.content_filter_results is not None:
+        properties["content_filter_results"] = message.content_filter_results
     if isinstance(message, events.ItemMessage) and message.properties:
         properties.update(message.properties)
 
