@@ -289,18 +289,11 @@ def still_invalid(dead: Dead, max_record_bytes: int) -> str | None:
 
 async def read_topic(options: dict[str, Any], topic: str, *, missing_ok: bool = False) -> list[Any]:
     """Every record now in `topic`, up to the ends taken before reading."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+    from aiokafka import TopicPartition  # noqa: PLC0415
 
-    from consumer.topics import LARGE_RECORD_BYTES  # noqa: PLC0415
+    from consumer.topics import whole_topic_reader  # noqa: PLC0415
 
-    reader = AIOKafkaConsumer(
-        **options,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-        max_partition_fetch_bytes=LARGE_RECORD_BYTES,
-        fetch_max_bytes=4 * LARGE_RECORD_BYTES,
-    )
+    reader = whole_topic_reader(options)
     await reader.start()
     try:
         await reader._client.force_metadata_update()  # noqa: SLF001 - no public refresh.

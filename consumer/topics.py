@@ -143,6 +143,18 @@ async def _cleanup_policies(
     return policies
 
 
+def whole_topic_reader(options: dict[str, Any]) -> AIOKafkaConsumer:
+    """A group-less consumer that reads from the beginning, sized for whole-conversation records."""
+    return AIOKafkaConsumer(
+        **options,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=LARGE_RECORD_BYTES,
+        fetch_max_bytes=4 * LARGE_RECORD_BYTES,
+    )
+
+
 async def read_state(
     options: dict[str, Any],
     state_topic: str,
@@ -157,14 +169,7 @@ async def read_state(
     """
     if not partitions:
         return 0
-    reader = AIOKafkaConsumer(
-        **options,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-        max_partition_fetch_bytes=LARGE_RECORD_BYTES,
-        fetch_max_bytes=4 * LARGE_RECORD_BYTES,
-    )
+    reader = whole_topic_reader(options)
     await reader.start()
     count = 0
     try:
