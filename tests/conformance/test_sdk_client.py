@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +23,6 @@ pytestmark = pytest.mark.conformance
 
 HERE = Path(__file__).resolve().parent
 STEPS = 11
-
-
-@pytest.fixture(scope="session")
-def node() -> str:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are not on PATH; the SDK client test needs both")
-    if not (HERE / "node_modules" / "@inkeep" / "inkeep-analytics").is_dir():
-        installed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=HERE,
-            capture_output=True,
-            timeout=600,
-            check=False,
-        )
-        assert installed.returncode == 0, installed.stderr.decode(errors="replace")
-    return node
 
 
 async def run_sdk(node: str, url: str) -> tuple[int, list[str]]:
