@@ -540,20 +540,8 @@ class Worker:
         log.error(
             "notice_rejected", answer=delivery.answer[:500].decode(errors="replace"), **context
         )
-        self._dead_letter(
-            deadletter.conversation(
-                conversation_id=notice.conversation_id,
-                body=delivery.body,
-                kind="rejected",
-                reason=f"the API refused the {notice.kind} ({delivery.status})",
-                topic=part.tp.topic,
-                partition=part.tp.partition,
-                status=delivery.status,
-                answer=delivery.answer,
-                path=notice.path,
-            ),
-            what=str(notice.kind),
-            reason="rejected",
+        self._dead_letter_refused(
+            part, delivery, notice.conversation_id, what=str(notice.kind), path=notice.path
         )
         self._dispatch(
             part, engine.notice_dead_lettered(notice.conversation_id, notice.offset, now)
@@ -611,21 +599,34 @@ class Worker:
             answer=delivery.answer[:500].decode(errors="replace"),
             **context,
         )
+        self._dead_letter_refused(part, delivery, flush.conversation_id, what="conversation")
+        self._dispatch(part, part.engine.dead_lettered(flush.conversation_id, flush.seq, now))
+
+    def _dead_letter_refused(
+        self,
+        part: _Partition,
+        delivery: Delivery,
+        conversation_id: str,
+        *,
+        what: str,
+        path: str = deadletter.CONVERSATIONS,
+    ) -> None:
+        """A body the API refused for good (400/422, ...): kept with its answer."""
         self._dead_letter(
             deadletter.conversation(
-                conversation_id=flush.conversation_id,
+                conversation_id=conversation_id,
                 body=delivery.body,
                 kind="rejected",
-                reason=f"the API refused the conversation ({delivery.status})",
+                reason=f"the API refused the {what} ({delivery.status})",
                 topic=part.tp.topic,
                 partition=part.tp.partition,
                 status=delivery.status,
                 answer=delivery.answer,
+                path=path,
             ),
-            what="conversation",
+            what=what,
             reason="rejected",
         )
-        self._dispatch(part, part.engine.dead_lettered(flush.conversation_id, flush.seq, now))
 
     def _dead_letter(self, record: DeadLetter, *, what: str, reason: str) -> None:
         assert self._commits is not None
