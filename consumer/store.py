@@ -99,16 +99,17 @@ def _cost(cid: str, retained: Retained, row: int, blob: int = 0) -> int:
     return row + len(cid.encode()) + kept
 
 
-class MemoryStore:
-    """A dict, with a heap per kind for the oldest entry (stale heap entries are skipped)."""
+class _Counted:
+    """The bytes and entries a store holds, kept as entries come and go."""
 
-    def __init__(self, budget: int | None = None) -> None:
-        self.budget = budget
-        self._rows: dict[str, Retained] = {}
-        self._heaps: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([], [])
+    def __init__(self) -> None:
+        self._zero()
+
+    def _zero(self) -> None:
         self._held = 0
         self._marker_held = 0
         self._completed = 0
+        self._markers = 0
 
     @property
     def held(self) -> int:
@@ -124,7 +125,27 @@ class MemoryStore:
 
     @property
     def marker_count(self) -> int:
-        return len(self._rows) - self._completed
+        return self._markers
+
+    def _tally(self, cost: int, retained: Retained, sign: int) -> None:
+        """Counts an entry in (`sign` 1) or out (-1); `cost` is its bytes."""
+        cost *= sign
+        self._held += cost
+        if retained.completed:
+            self._completed += sign
+        else:
+            self._markers += sign
+            self._marker_held += cost
+
+
+class MemoryStore(_Counted):
+    """A dict, with a heap per kind for the oldest entry (stale heap entries are skipped)."""
+
+    def __init__(self, budget: int | None = None) -> None:
+        super().__init__()
+        self.budget = budget
+        self._rows: dict[str, Retained] = {}
+        self._heaps: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([], [])
 
     def get(self, cid: str) -> Retained | None:
         return self._rows.get(cid)
@@ -142,12 +163,7 @@ class MemoryStore:
         return old
 
     def _count(self, cid: str, retained: Retained, sign: int) -> None:
-        cost = sign * _cost(cid, retained, MEMORY_ROW_BYTES)
-        self._held += cost
-        if retained.completed:
-            self._completed += sign
-        else:
-            self._marker_held += cost
+        self._tally(_cost(cid, retained, MEMORY_ROW_BYTES), retained, sign)
 
     def oldest(self, *, completed: bool) -> tuple[str, Retained] | None:
         heap = self._heaps[completed]
@@ -165,7 +181,7 @@ class MemoryStore:
     def close(self) -> None:
         self._rows.clear()
         self._heaps = ([], [])
-        self._held = self._marker_held = self._completed = 0
+        self._zero()
 
 
 _SCHEMA = """
@@ -190,7 +206,7 @@ _SELECT = (
 )
 
 
-class SqliteStore:
+class SqliteStore(_Counted):
     """One SQLite file, owned by one engine: made empty on open, deleted on `close`.
 
     Durability comes from the state topic, not from this file (it is rebuilt from
@@ -198,6 +214,7 @@ class SqliteStore:
     """
 
     def __init__(self, path: Path, budget: int | None = None) -> None:
+        super().__init__()
         self.budget = budget
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,26 +226,6 @@ class SqliteStore:
             "PRAGMA temp_store=MEMORY;" + _SCHEMA
         )
         self._sql("BEGIN")  # Never committed: nothing reads the file but this connection.
-        self._held = 0
-        self._marker_held = 0
-        self._completed = 0
-        self._markers = 0
-
-    @property
-    def held(self) -> int:
-        return self._held
-
-    @property
-    def marker_held(self) -> int:
-        return self._marker_held
-
-    @property
-    def completed_count(self) -> int:
-        return self._completed
-
-    @property
-    def marker_count(self) -> int:
-        return self._markers
 
     def _sql(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         try:
@@ -271,13 +268,7 @@ class SqliteStore:
         return old
 
     def _count(self, cid: str, retained: Retained, sign: int) -> None:
-        cost = sign * _cost(cid, retained, SQLITE_ROW_BYTES, SQLITE_BLOB_BYTES)
-        self._held += cost
-        if retained.completed:
-            self._completed += sign
-        else:
-            self._markers += sign
-            self._marker_held += cost
+        self._tally(_cost(cid, retained, SQLITE_ROW_BYTES, SQLITE_BLOB_BYTES), retained, sign)
 
     def oldest(self, *, completed: bool) -> tuple[str, Retained] | None:
         row = self._sql(
